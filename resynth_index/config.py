@@ -1,0 +1,290 @@
+"""The one TOML configuration, parsed strictly: every key has a default, and an unknown key is named.
+
+No config at all means the embedded offline default: the four ``zoo:`` generators, the EfficientNet-Lite0
+embedder with its real ImageNet weights, and metadata-first then ImageNet-label prompt inversion.
+
+Example (every key, with its default unless marked)::
+
+    device = "auto"                 # auto | cpu | cuda | cuda:N, for every model
+
+    [resynthesis]
+    gamma = 2                       # candidates per generator per prompt
+    seed_base = 0                   # candidate seeds are seed_base .. seed_base + gamma - 1
+
+    [embedder]
+    kind = "efficientnet-lite0"     # or "open_clip"
+    model = ""                      # open_clip model name, e.g. "ViT-L-14-336"
+    pretrained = ""                 # open_clip pretrained tag or "hf-hub:org/repo"; "" = random init
+    layer = 0                       # open_clip: CLS token of this transformer block (1-based); 0 = final embedding
+    batch_size = 32
+
+    [inverter]
+    chain = ["metadata", "label"]   # tried in order per image: metadata | label | blip | clip-interrogator
+    blip_model = "Salesforce/blip-image-captioning-base"
+    clip_model = "ViT-L-14"         # clip-interrogator towers
+    clip_pretrained = "openai"
+    max_new_tokens = 30
+
+    [cache]
+    prompt_embedder = "minilm"      # minilm | clip | none (none disables near-duplicate reuse)
+    near_threshold = 0.0            # 0 = the calibrated default of the cache module
+
+    [scoring]
+    mode = "both"                   # restricted | unrestricted | both
+    aggregate = "max"               # max | mean | knn | softmax
+    distance = "cosine"             # cosine | euclidean
+    knn_k = 5                       # neighbours for the knn vote
+    unrestricted_k = 10             # per-generator neighbours from the whole index
+    unrestricted_weight = 0.5       # weight of the unrestricted score in mode "both"
+    temperature = 0.05              # softmax aggregation temperature
+    unknown_threshold = -inf        # best score below this -> "unknown" (-inf: never)
+    unknown_margin = 0.0            # best minus runner-up below this -> "unknown"
+
+    [build]
+    prompts = ""                    # prompt list file; "" = the packaged list
+    limit = 0                       # use the first N prompts; 0 = all
+    batch_size = 8                  # prompts per generation/commit batch
+
+    [[generators]]                  # repeat per candidate generator
+    name = "sd15"
+    source = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # hub id, local directory, or zoo:NAME
+    steps = 25
+    guidance = 7.5
+    height = 512
+    width = 512
+    scheduler = "DPMSolverMultistepScheduler"
+    revision = "main"
+    dtype = "auto"
+    batch_size = 4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+INDEX_ENV_VAR = "RINDEX_INDEX"
+DEFAULT_INDEX_DIR = "cache"
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    name: str
+    source: str
+    steps: int | None = None
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    scheduler: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class ResynthesisConfig:
+    gamma: int = 2
+    seed_base: int = 0
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed_base, self.seed_base + self.gamma))
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    kind: str = "efficientnet-lite0"
+    model: str = ""
+    pretrained: str = ""
+    layer: int = 0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class InverterConfig:
+    chain: tuple[str, ...] = ("metadata", "label")
+    blip_model: str = "Salesforce/blip-image-captioning-base"
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+    max_new_tokens: int = 30
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    prompt_embedder: str = "minilm"
+    near_threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    mode: str = "both"
+    aggregate: str = "max"
+    distance: str = "cosine"
+    knn_k: int = 5
+    unrestricted_k: int = 10
+    unrestricted_weight: float = 0.5
+    temperature: float = 0.05
+    unknown_threshold: float = float("-inf")
+    unknown_margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    prompts: str = ""
+    limit: int = 0
+    batch_size: int = 8
+
+
+ZOO_DEFAULT_GENERATORS = ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart")
+
+
+def _default_generators() -> tuple[GeneratorConfig, ...]:
+    return tuple(GeneratorConfig(name=n, source=f"zoo:{n}") for n in ZOO_DEFAULT_GENERATORS)
+
+
+@dataclass(frozen=True)
+class Config:
+    device: str = "auto"
+    resynthesis: ResynthesisConfig = field(default_factory=ResynthesisConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    inverter: InverterConfig = field(default_factory=InverterConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    generators: tuple[GeneratorConfig, ...] = field(default_factory=_default_generators)
+
+    def generator(self, name: str) -> GeneratorConfig:
+        for g in self.generators:
+            if g.name == name:
+                return g
+        raise ConfigError(f"no generator named {name!r} (configured: {', '.join(g.name for g in self.generators)})")
+
+
+_CHOICES = {
+    "embedder.kind": ("efficientnet-lite0", "open_clip"),
+    "inverter.chain": ("metadata", "label", "blip", "clip-interrogator"),
+    "cache.prompt_embedder": ("minilm", "clip", "none"),
+    "scoring.mode": ("restricted", "unrestricted", "both"),
+    "scoring.aggregate": ("max", "mean", "knn", "softmax"),
+    "scoring.distance": ("cosine", "euclidean"),
+    "generators.dtype": ("auto", "float32", "float16", "bfloat16"),
+}
+
+_POSITIVE = {
+    "resynthesis.gamma", "embedder.batch_size", "inverter.max_new_tokens", "scoring.knn_k", "scoring.unrestricted_k",
+    "build.batch_size", "generators.batch_size", "generators.steps", "generators.height", "generators.width",
+}
+
+
+def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) -> Any:
+    """Check one scalar (or list of str) value against a dataclass field type; return it normalised."""
+    key = f"{where}.{name}" if where else name
+    base = key.split("[")[0] if "[" in key else key
+    args = typing.get_args(expected)
+    optional = type(None) in args
+    if value is None and optional:
+        return None
+    target = next((a for a in args if a is not type(None)), expected) if args and optional else expected
+    if typing.get_origin(target) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{origin}: key '{key}' must be a list of strings, got {value!r}")
+        value = tuple(value)
+        allowed = _CHOICES.get(base)
+        for v in value:
+            if allowed and v not in allowed:
+                raise ConfigError(f"{origin}: key '{key}' has {v!r}; choose from {', '.join(allowed)}")
+        if not value:
+            raise ConfigError(f"{origin}: key '{key}' must not be empty")
+        return value
+    if target is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{origin}: key '{key}' must be a number, got {value!r}")
+        value = float(value)
+    elif target is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{origin}: key '{key}' must be an integer, got {value!r}")
+    elif target is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{origin}: key '{key}' must be a string, got {value!r}")
+    allowed = _CHOICES.get(base)
+    if allowed and value not in allowed:
+        raise ConfigError(f"{origin}: key '{key}' is {value!r}; choose from {', '.join(allowed)}")
+    if base in _POSITIVE and value is not None and value <= 0:
+        raise ConfigError(f"{origin}: key '{key}' must be positive, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str, origin: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: '{where}' must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            label = f"{where}.{key}" if where else key
+            raise ConfigError(
+                f"{origin}: unknown key '{label}' (known keys{' in [' + where + ']' if where else ''}: "
+                f"{', '.join(sorted(known))})"
+            )
+    kwargs = {}
+    for name, value in data.items():
+        expected = hints[name]
+        if dataclasses.is_dataclass(expected):
+            kwargs[name] = _build(expected, value, name, origin)
+        elif name == "generators" and cls is Config:
+            kwargs[name] = _build_generators(value, origin)
+        else:
+            kwargs[name] = _check_value(where.split("[")[0] if where else "", name, expected, value, origin)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{origin}: '{where or 'config'}' is incomplete: {exc}") from None
+
+
+def _build_generators(value: Any, origin: str) -> tuple[GeneratorConfig, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{origin}: 'generators' must be a non-empty list of [[generators]] tables")
+    out, seen = [], set()
+    for i, table in enumerate(value):
+        where = f"generators[{i}]"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{origin}: '{where}' must be a table")
+        for required in ("name", "source"):
+            if not table.get(required):
+                raise ConfigError(f"{origin}: '{where}' needs a '{required}'")
+        gen = _build(GeneratorConfig, table, "generators", origin)
+        if gen.name in seen or gen.name == "unknown":
+            raise ConfigError(f"{origin}: generator name {gen.name!r} is duplicated or reserved")
+        seen.add(gen.name)
+        out.append(gen)
+    return tuple(out)
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any] | Config | None = None) -> Config:
+    """Load a :class:`Config` from a TOML path, a dict with the same shape, an existing Config, or None (default)."""
+    if source is None:
+        return Config()
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, Mapping):
+        return _build(Config, source, "", "config")
+    path = Path(source)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return _build(Config, data, "", str(path))
+
+
+def default_index_dir() -> Path:
+    """``$RINDEX_INDEX`` when set, else ``cache/`` under the working directory."""
+    return Path(os.environ.get(INDEX_ENV_VAR) or DEFAULT_INDEX_DIR)

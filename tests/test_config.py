@@ -1,0 +1,73 @@
+import textwrap
+
+import pytest
+
+from resynth_index import config as config_module
+from resynth_index.config import Config, ConfigError, load_config
+
+
+def test_no_config_is_the_embedded_default():
+    cfg = load_config(None)
+    assert [g.source for g in cfg.generators] == [f"zoo:{n}" for n in config_module.ZOO_DEFAULT_GENERATORS]
+    assert cfg.embedder.kind == "efficientnet-lite0"
+    assert cfg.inverter.chain == ("metadata", "label")
+    assert cfg.resynthesis.seeds == list(range(cfg.resynthesis.gamma))
+
+
+def test_module_docstring_example_parses(tmp_path):
+    # The documented example lists every key; it must stay valid.
+    example = config_module.__doc__.split("Example (every key, with its default unless marked)::", 1)[1]
+    path = tmp_path / "rindex.toml"
+    path.write_text(textwrap.dedent(example))
+    cfg = load_config(path)
+    assert cfg.generators[0].name == "sd15"
+    assert cfg.generators[0].scheduler == "DPMSolverMultistepScheduler"
+    assert cfg.scoring.mode == "both"
+
+
+@pytest.mark.parametrize(
+    "data, named",
+    [
+        ({"scoring": {"agregate": "max"}}, "scoring.agregate"),
+        ({"devise": "cpu"}, "devise"),
+        ({"generators": [{"name": "a", "source": "zoo:tiny-sd", "stepz": 3}]}, "generators.stepz"),
+    ],
+)
+def test_unknown_key_is_named(data, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(data)
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"scoring": {"aggregate": "median"}}, "scoring.aggregate"),
+        ({"resynthesis": {"gamma": 0}}, "resynthesis.gamma"),
+        ({"resynthesis": {"gamma": "4"}}, "must be an integer"),
+        ({"generators": [{"name": "a"}]}, "needs a 'source'"),
+        ({"generators": [{"name": "a", "source": "x"}, {"name": "a", "source": "y"}]}, "duplicated"),
+        ({"inverter": {"chain": ["metadata", "ocr"]}}, "inverter.chain"),
+    ],
+)
+def test_bad_values_are_named(data, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(data)
+
+
+def test_toml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("device = \n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_dict_and_partial_tables_keep_other_defaults():
+    cfg = load_config({"scoring": {"aggregate": "mean"}, "generators": [{"name": "x", "source": "zoo:tiny-sd"}]})
+    assert isinstance(cfg, Config)
+    assert cfg.scoring.aggregate == "mean"
+    assert cfg.scoring.distance == "cosine"
+    assert cfg.generator("x").source == "zoo:tiny-sd"
+    with pytest.raises(ConfigError, match="no generator named"):
+        cfg.generator("y")
