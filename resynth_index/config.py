@@ -8,14 +8,15 @@ Example (every key, with its default unless marked)::
     device = "auto"                 # auto | cpu | cuda | cuda:N, for every model
 
     [resynthesis]
-    gamma = 2                       # candidates per generator per prompt
-    seed_base = 0                   # candidate seeds are seed_base .. seed_base + gamma - 1
+    gamma = 1                       # candidates per generator per prompt (1 keeps the default build under 3 min)
+    seed_base = 0                   # shifts every candidate seed (they are derived from the prompt)
 
     [embedder]
     kind = "efficientnet-lite0"     # or "open_clip"
     model = ""                      # open_clip model name, e.g. "ViT-L-14-336"
     pretrained = ""                 # open_clip pretrained tag or "hf-hub:org/repo"; "" = random init
-    layer = 0                       # open_clip: CLS token of this transformer block (1-based); 0 = final embedding
+    layer = -1                      # -1: the kind's default (efficientnet-lite0: block stage 4; open_clip: final)
+                                    # 0: the final embedding; N: block N (open_clip: CLS token of block N)
     batch_size = 32
 
     [inverter]
@@ -69,33 +70,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .generators import GeneratorSettings
 
 INDEX_ENV_VAR = "RINDEX_INDEX"
 DEFAULT_INDEX_DIR = "cache"
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
-    name: str
-    source: str
-    steps: int | None = None
-    guidance: float | None = None
-    height: int | None = None
-    width: int | None = None
-    scheduler: str | None = None
-    revision: str | None = None
-    dtype: str = "auto"
-    batch_size: int = 4
-
-
-@dataclass(frozen=True)
 class ResynthesisConfig:
-    gamma: int = 2
+    gamma: int = 1
     seed_base: int = 0
-
-    @property
-    def seeds(self) -> list[int]:
-        return list(range(self.seed_base, self.seed_base + self.gamma))
 
 
 @dataclass(frozen=True)
@@ -103,7 +87,7 @@ class EmbedderConfig:
     kind: str = "efficientnet-lite0"
     model: str = ""
     pretrained: str = ""
-    layer: int = 0
+    layer: int = -1
     batch_size: int = 32
 
 
@@ -145,8 +129,8 @@ class BuildConfig:
 ZOO_DEFAULT_GENERATORS = ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart")
 
 
-def _default_generators() -> tuple[GeneratorConfig, ...]:
-    return tuple(GeneratorConfig(name=n, source=f"zoo:{n}") for n in ZOO_DEFAULT_GENERATORS)
+def _default_generators() -> tuple[GeneratorSettings, ...]:
+    return tuple(GeneratorSettings(name=n, source=f"zoo:{n}") for n in ZOO_DEFAULT_GENERATORS)
 
 
 @dataclass(frozen=True)
@@ -158,9 +142,9 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    generators: tuple[GeneratorConfig, ...] = field(default_factory=_default_generators)
+    generators: tuple[GeneratorSettings, ...] = field(default_factory=_default_generators)
 
-    def generator(self, name: str) -> GeneratorConfig:
+    def generator(self, name: str) -> GeneratorSettings:
         for g in self.generators:
             if g.name == name:
                 return g
@@ -248,7 +232,7 @@ def _build(cls: type, data: Mapping[str, Any], where: str, origin: str) -> Any:
         raise ConfigError(f"{origin}: '{where or 'config'}' is incomplete: {exc}") from None
 
 
-def _build_generators(value: Any, origin: str) -> tuple[GeneratorConfig, ...]:
+def _build_generators(value: Any, origin: str) -> tuple[GeneratorSettings, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{origin}: 'generators' must be a non-empty list of [[generators]] tables")
     out, seen = [], set()
@@ -259,7 +243,7 @@ def _build_generators(value: Any, origin: str) -> tuple[GeneratorConfig, ...]:
         for required in ("name", "source"):
             if not table.get(required):
                 raise ConfigError(f"{origin}: '{where}' needs a '{required}'")
-        gen = _build(GeneratorConfig, table, "generators", origin)
+        gen = _build(GeneratorSettings, table, "generators", origin)
         if gen.name in seen or gen.name == "unknown":
             raise ConfigError(f"{origin}: generator name {gen.name!r} is duplicated or reserved")
         seen.add(gen.name)

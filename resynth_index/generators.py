@@ -37,7 +37,7 @@ import torch
 
 from .devices import autocast_dtype, resolve_device
 from .errors import ConfigError, ModelNotAvailableError
-from .zoo import quiet_progress
+from ._quiet import quiet_loading
 
 __all__ = ["DEFAULT_GUIDANCE", "DEFAULT_STEPS", "Generator", "GeneratorSettings", "generator_namespace", "load_generator"]
 
@@ -393,7 +393,7 @@ def _load_directory(settings: GeneratorSettings, path: Path, dtype: torch.dtype)
         raise ConfigError(f"generator '{settings.name}': 'revision' applies to hub ids, not directory '{path}'")
     kwargs = _pipeline_kwargs(_read_json(path / "model_index.json"))
     try:
-        with quiet_progress():
+        with quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype), **kwargs)
     except Exception as err:  # a broken directory: report it in one line, keep the cause chained
         raise ModelNotAvailableError(
@@ -444,7 +444,7 @@ def _load_hub(settings: GeneratorSettings, source: str, dtype: torch.dtype):
     revision = settings.revision
     try:
         index = DiffusionPipeline.load_config(source, revision=revision, local_files_only=True)
-        with quiet_progress():
+        with quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(
                 source, revision=revision, local_files_only=True, **_dtype_kwarg(dtype), **_pipeline_kwargs(index)
             )
@@ -456,7 +456,7 @@ def _load_hub(settings: GeneratorSettings, source: str, dtype: torch.dtype):
             raise ModelNotAvailableError(unreachable) from None
         try:
             index = DiffusionPipeline.load_config(source, revision=revision)
-            with quiet_progress():  # diffusers'/transformers' loading bars only; hub download bars stay
+            with quiet_loading():  # diffusers'/transformers' loading bars only; hub download bars stay
                 pipe = DiffusionPipeline.from_pretrained(
                     source, revision=revision, **_dtype_kwarg(dtype), **_pipeline_kwargs(index)
                 )

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._quiet import quiet_loading
 from .devices import autocast_dtype, resolve_device
 from .errors import ConfigError, ModelNotAvailableError
 from .images import DecodedImage
@@ -408,7 +409,7 @@ class BlipInverter(Inverter):
             raise ModelNotAvailableError(f"blip: model directory {self.model_id!r} does not exist")
         source = os.path.expanduser(self.model_id) if looks_local else self.model_id
         try:
-            with _quiet_transformers():
+            with quiet_loading():
                 self.processor = BlipProcessor.from_pretrained(source)
                 self.model = BlipForConditionalGeneration.from_pretrained(source)
         except Exception as exc:  # noqa: BLE001 - offline hub, missing files, wrong architecture
@@ -437,26 +438,6 @@ class BlipInverter(Inverter):
             for text in self.processor.batch_decode(ids, skip_special_tokens=True):
                 out.append(Inversion(_clean(text), self.id))
         return out
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    try:
-        from transformers.utils import logging as hf_logging
-
-        old = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        progress = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001
-        yield
-        return
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old)
-        if progress:
-            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------- CLIP interrogator

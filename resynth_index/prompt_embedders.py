@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ._quiet import quiet_loading
 from .errors import ConfigError, ModelNotAvailableError
 
 
@@ -82,7 +83,8 @@ class MiniLMPromptEmbedder:
         from sentence_transformers import SentenceTransformer
 
         try:
-            self._model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+            with quiet_loading():
+                self._model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
         except Exception as exc:
             raise ModelNotAvailableError(f"cannot load the MiniLM prompt embedder from {model_dir}: {exc}") from exc
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension

@@ -29,13 +29,13 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._quiet import quiet_loading
 from .errors import ConfigError
 
 __all__ = ["ZOO_VERSION", "build_zoo_pipeline", "export_zoo", "zoo_defaults", "zoo_names"]
@@ -56,27 +56,6 @@ class _ZooEntry:
     description: str = ""
 
 
-_PROGRESS_LOCK = threading.RLock()
-
-
-@contextmanager
-def quiet_progress():
-    """Silence diffusers' and transformers' own progress bars (loading components, writing shards) for the
-    duration, restoring their previous state; hub download bars are left alone."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    with _PROGRESS_LOCK:
-        was = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
-        try:
-            yield
-        finally:
-            if was[0]:
-                diffusers_logging.enable_progress_bar()
-            if was[1]:
-                transformers_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------- tokenizers
@@ -480,7 +459,7 @@ def export_zoo(name: str, directory: str | os.PathLike) -> Path:
         raise ConfigError(f"export directory {str(directory)!r} exists and is not empty")
     pipe = build_zoo_pipeline(name)
     directory.mkdir(parents=True, exist_ok=True)
-    with quiet_progress():
+    with quiet_loading():
         pipe.save_pretrained(directory, safe_serialization=True)
     key = name.removeprefix("zoo:")
     info = {"zoo_name": key, "zoo_version": ZOO_VERSION, **zoo_defaults(key)}

@@ -11,7 +11,7 @@ def test_no_config_is_the_embedded_default():
     assert [g.source for g in cfg.generators] == [f"zoo:{n}" for n in config_module.ZOO_DEFAULT_GENERATORS]
     assert cfg.embedder.kind == "efficientnet-lite0"
     assert cfg.inverter.chain == ("metadata", "label")
-    assert cfg.resynthesis.seeds == list(range(cfg.resynthesis.gamma))
+    assert cfg.resynthesis.gamma >= 1
 
 
 def test_module_docstring_example_parses(tmp_path):

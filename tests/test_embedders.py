@@ -24,7 +24,7 @@ def photos():
 
 @pytest.fixture(scope="module")
 def effnet():
-    return load_embedder("efficientnet-lite0", device="cpu", batch_size=2)
+    return load_embedder("efficientnet-lite0", layer=0, device="cpu", batch_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,20 @@ def test_efficientnet_rows_deterministic_and_batch_independent(effnet, photos):
     sims = a @ a.T
     assert sims[0, 1] < 0.9 and sims[1, 2] < 0.9
     assert effnet.embed([]).shape == (0, 1280)
+
+
+def test_efficientnet_intermediate_stage_is_the_default_and_differs_from_final(effnet, photos):
+    stage = load_embedder("efficientnet-lite0", device="cpu")
+    assert stage.id == "efficientnet-lite0:imagenet:block4" and stage.dim == 80
+    assert stage.model is effnet.model  # one network, two read-outs
+    a = stage.embed(photos)
+    _check_rows(stage, a, len(photos))
+    np.testing.assert_array_equal(a, stage.embed(photos))
+    np.testing.assert_allclose(a, np.concatenate([stage.embed([im]) for im in photos]), atol=1e-5)
+    assert load_embedder("efficientnet-lite0", layer=2, device="cpu").dim == 24
+    # Same images, different geometry: pairwise similarities are not those of the final features.
+    final = effnet.embed(photos)
+    assert not np.allclose(a @ a.T, final @ final.T, atol=0.05)
 
 
 def test_efficientnet_loaded_once_and_real_weights(effnet, photos):
@@ -114,5 +128,5 @@ def test_open_clip_errors():
         load_embedder("open_clip", device="cpu")
     with pytest.raises(ConfigError, match="unknown embedder"):
         load_embedder("resnet-9000", device="cpu")
-    with pytest.raises(ConfigError):
-        load_embedder("efficientnet-lite0", layer=3, device="cpu")
+    with pytest.raises(ConfigError, match="layer"):
+        load_embedder("efficientnet-lite0", layer=8, device="cpu")

@@ -1,0 +1,227 @@
+"""``rindex``: the command line, a thin shell over :class:`resynth_index.Attributor`.
+
+Results go to stdout, progress and logs to stderr. Exit codes: 0 all good, 1 some input failed, 2 usage.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .config import default_index_dir
+from .errors import RindexError
+
+FORMATS = ("table", "jsonl", "csv")
+
+
+def _index_option(f):
+    return click.option(
+        "--index",
+        "index",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Index directory (default: $RINDEX_INDEX, else ./cache).",
+    )(f)
+
+
+def _config_option(f):
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="TOML config (default: the embedded offline zoo).",
+    )(f)
+
+
+def _device_option(f):
+    return click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (overrides the config).")(f)
+
+
+def _engine(config, index, device, readonly=False):
+    from .attributor import Attributor
+
+    return Attributor(config, index=index if index is not None else default_index_dir(), device=device, readonly=readonly)
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"rindex: error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="resynth-index")
+def main() -> None:
+    """Tell which text-to-image model made an image, by resynthesis over a precomputed index."""
+
+
+@main.command()
+@_index_option
+@_config_option
+@_device_option
+@click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Prompt list, one per line (default: the config's, else the packaged list of 120).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Use only the first N prompts.")
+def build(index, config, device, prompts, limit):
+    """Precompute candidate embeddings for a prompt list (resumable: cached prompts are skipped)."""
+    from .attributor import read_prompt_file
+
+    try:
+        with _engine(config, index, device) as engine:
+            report = engine.build(read_prompt_file(prompts) if prompts else None, limit=limit)
+            click.echo(
+                f"built {report.built} prompt(s), skipped {report.skipped} already cached, "
+                f"{report.images} image(s) generated in {report.seconds:.1f}s -> {engine.index_dir}",
+                err=True,
+            )
+    except RindexError as exc:
+        _fail(exc)
+
+
+def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
+    rows = []
+    for r in results:
+        d = r.to_dict()
+        if truth is not None:
+            d["true"] = truth.get(Path(r.path).name) if r.path else None
+        rows.append(d)
+    if fmt == "jsonl":
+        for d in rows:
+            click.echo(json.dumps(d, ensure_ascii=False))
+        return
+    columns = ["path"] + (["true"] if truth is not None else []) + ["prediction", "score", "cache", "prompt", "error"]
+    table = []
+    for d in rows:
+        scores = d.get("scores") or {}
+        best = scores.get(d.get("prediction")) if d.get("prediction") in scores else max(scores.values(), default=None)
+        table.append({
+            "path": d["path"], "true": d.get("true"), "prediction": d.get("prediction"),
+            "score": f"{best:.4f}" if best is not None else "", "cache": d.get("cache"),
+            "prompt": d.get("prompt"), "error": d.get("error"),
+        })
+    if fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        return
+    shown = [c for c in columns if c != "error" or any(t["error"] for t in table)]
+    cells = [[("" if t[c] is None else str(t[c])) for c in shown] for t in table]
+    widths = [min(max([len(c)] + [len(row[i]) for row in cells]), 60) for i, c in enumerate(shown)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(shown, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v[:w].ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_index_option
+@_config_option
+@_device_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--no-resynth", is_flag=True, help="Never generate: answer from cached evidence only.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Evidence items per generator.")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV with file,generator columns: print the true source beside each prediction and the accuracy.")
+def query(images, index, config, device, fmt, no_resynth, top_k, manifest):
+    """Attribute images (files or directories, recursed). Misses resynthesize and write through."""
+    from .samples import read_manifest
+
+    missing = [str(p) for p in images if not p.exists()]
+    try:
+        truth = read_manifest(manifest) if manifest else None
+        with _engine(config, index, device, readonly=False) as engine:
+            existing = [p for p in images if p.exists()]
+            results = engine.attribute(existing, resynthesize=not no_resynth, top_k=top_k) if existing else []
+    except (RindexError, OSError, KeyError) as exc:
+        _fail(exc)
+    from .attributor import Attribution
+
+    results = [Attribution(path=p, error=f"{p}: no such file or directory") for p in missing] + results
+    _write_results(results, fmt, truth)
+    failed = sum(1 for r in results if not r.ok)
+    if truth is not None:
+        judged = [r for r in results if r.ok and Path(r.path).name in truth]
+        correct = sum(1 for r in judged if r.prediction == truth[Path(r.path).name])
+        if judged:
+            click.echo(f"accuracy: {correct}/{len(judged)} = {correct / len(judged):.1%}", err=True)
+    if failed:
+        click.echo(f"{failed} of {len(results)} input(s) failed", err=True)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@_index_option
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info(index, config, as_json):
+    """Describe an index: prompts, vectors per generator, disk size, namespaces, index types."""
+    try:
+        with _engine(config, index, "cpu", readonly=True) as engine:
+            data = engine.info()
+    except RindexError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {v}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@main.group()
+def zoo() -> None:
+    """The built-in offline generators (tiny, randomly initialised stand-ins for real models)."""
+
+
+@zoo.command("list")
+def zoo_list():
+    """Print the zoo generators, one per line (name first)."""
+    from .zoo import zoo_defaults, zoo_names
+
+    for name in zoo_names():
+        d = zoo_defaults(name)
+        click.echo(f"{name}\t" + " ".join(f"{k}={v}" for k, v in d.items()))
+
+
+@zoo.command("export")
+@click.argument("name")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def zoo_export(name, directory):
+    """Write zoo generator NAME as a diffusers save_pretrained DIRECTORY."""
+    from .zoo import export_zoo
+
+    try:
+        export_zoo(name, directory)
+    except RindexError as exc:
+        _fail(exc)
+    click.echo(f"exported zoo:{name} to {directory}", err=True)
+
+
+@zoo.command("samples")
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@_config_option
+@_device_option
+@click.option("--per-generator", type=click.IntRange(min=1), default=3, show_default=True)
+def zoo_samples(outdir, config, device, per_generator):
+    """Write labelled samples (held-out prompts and seeds, no metadata) and OUTDIR/manifest.csv."""
+    from .attributor import Attributor
+    from .samples import write_samples
+
+    try:
+        engine = Attributor(config, device=device)
+        manifest = write_samples(engine, outdir, per_generator=per_generator)
+    except RindexError as exc:
+        _fail(exc)
+    click.echo(f"wrote samples and {manifest}", err=True)
+
+
+if __name__ == "__main__":
+    main()
