@@ -143,6 +143,10 @@ class Attributor:
         self._inverter = None
         self._generators: dict[str, Any] = {}
         self._namespaces: dict[str, str] | None = None
+        self._prompt_embedder = None  # shared by reopen(); else loaded with the cache
+        self.images_generated = 0  # candidate images this engine has generated (build and write-through)
+        #: running mean of resynthesis seconds per prompt (all generators), for ``resynthesis_budget``
+        self.resynthesis_seconds_per_prompt: float | None = None
 
     # ----------------------------------------------------------------- lazily loaded stages
     @property
@@ -152,7 +156,9 @@ class Attributor:
             from .prompt_embedders import load_prompt_embedder
 
             cc = self.config.cache
-            prompt_embedder = None if cc.prompt_embedder == "none" else load_prompt_embedder(cc.prompt_embedder)
+            prompt_embedder = self._prompt_embedder
+            if prompt_embedder is None and cc.prompt_embedder != "none":
+                prompt_embedder = load_prompt_embedder(cc.prompt_embedder)
             kwargs = {"near_threshold": cc.near_threshold} if cc.near_threshold > 0 else {}
             self._cache = CandidateCache(self.index_dir, prompt_embedder=prompt_embedder, readonly=self.readonly, **kwargs)
         return self._cache
@@ -270,6 +276,7 @@ class Attributor:
         ]
         if entries:
             self.cache.put_many(entries)
+        self.images_generated += images
         return images
 
     # ----------------------------------------------------------------- query
@@ -316,7 +323,59 @@ class Attributor:
             self._attribute_decoded(decoded, resynthesize=resynthesize, top_k=top_k)
         return results
 
-    def _attribute_decoded(self, decoded, *, resynthesize: bool, top_k: int) -> None:
+    def attribute_decoded(
+        self,
+        images: Sequence[Any],
+        *,
+        names: Sequence[str | None] | None = None,
+        resynthesize: bool = True,
+        resynthesis_budget: float | None = None,
+        top_k: int = 3,
+    ) -> list[Attribution]:
+        """Attribute images already decoded by :func:`~resynth_index.images.decode_image` (the serving path).
+
+        ``names`` label the results (default: each image's path, else ``<input N>``). ``resynthesis_budget``
+        (seconds) caps inline resynthesis: only as many missed prompts as fit, at the measured mean cost per
+        prompt (:attr:`resynthesis_seconds_per_prompt`; unknown before the first miss, which always runs), are
+        resynthesized, the most frequent first; the others are answered from cached evidence only and keep
+        ``cache == "miss"`` with no ``"resynthesize"`` timing, which is how a caller tells them apart.
+        """
+        results = []
+        for n, d in enumerate(images):
+            name = names[n] if names is not None and n < len(names) else None
+            results.append(Attribution(path=name or d.path or f"<input {n}>"))
+        if results:
+            self._attribute_decoded(list(zip(results, images)), resynthesize=resynthesize, top_k=top_k,
+                                    resynthesis_budget=resynthesis_budget)
+        return results
+
+    def share_models_from(self, other: "Attributor") -> None:
+        """Adopt the generators ``other`` has loaded with identical settings, and its inverter and embedder
+        when their configs are identical, so that engines over different indexes load each model once."""
+        for name, gen in other._generators.items():
+            mine = next((g for g in self.config.generators if g.name == name), None)
+            if mine is not None and mine == other.config.generator(name):
+                self._generators.setdefault(name, gen)
+        same_device = self.device == other.device
+        if same_device and self._inverter is None and self.config.inverter == other.config.inverter:
+            self._inverter = other._inverter
+        if same_device and self._embedder is None and self.config.embedder == other.config.embedder:
+            self._embedder = other._embedder
+
+    def reopen(self) -> "Attributor":
+        """A new engine on the same index, config and access mode that shares this one's loaded models
+        (inverter, embedder, generators, prompt embedder) but opens its own cache: a fresh snapshot of the
+        index for the serving layer's hot swap. Close each engine independently (closing one never closes
+        the other's cache; the models are shared)."""
+        other = Attributor(self.config, index=self.index_dir, device=self.device, readonly=self.readonly)
+        other._embedder, other._inverter, other._namespaces = self._embedder, self._inverter, self._namespaces
+        other._generators = self._generators
+        other._prompt_embedder = self._cache.prompt_embedder if self._cache is not None else self._prompt_embedder
+        other.resynthesis_seconds_per_prompt = self.resynthesis_seconds_per_prompt
+        return other
+
+    def _attribute_decoded(self, decoded, *, resynthesize: bool, top_k: int,
+                           resynthesis_budget: float | None = None) -> None:
         n = len(decoded)
         ns = self.namespaces
 
@@ -342,10 +401,18 @@ class Attributor:
             res.cache = lk.status
             if lk.status == "miss" and resynthesize and lk.missing:
                 misses.setdefault(lk.normalized_prompt, []).append(res)
+        if misses and resynthesis_budget is not None and self.resynthesis_seconds_per_prompt:
+            fit = int(max(0.0, resynthesis_budget) // self.resynthesis_seconds_per_prompt)
+            ranked = sorted(misses, key=lambda k: -len(misses[k]))
+            misses = {k: misses[k] for k in ranked[:fit]}
         if misses:
             t0 = time.perf_counter()
             self._resynthesize([group[0].prompt for group in misses.values()])
-            per_miss = (time.perf_counter() - t0) / sum(len(g) for g in misses.values())
+            elapsed = time.perf_counter() - t0
+            per_prompt = elapsed / len(misses)
+            prev = self.resynthesis_seconds_per_prompt
+            self.resynthesis_seconds_per_prompt = per_prompt if prev is None else 0.7 * prev + 0.3 * per_prompt
+            per_miss = elapsed / sum(len(g) for g in misses.values())
             for group in misses.values():
                 for res in group:
                     res.timings["resynthesize"] = per_miss

@@ -117,7 +117,7 @@ def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=False, type=click.Path(path_type=Path))
 @_index_option
 @_config_option
 @_device_option
@@ -126,10 +126,25 @@ def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Evidence items per generator.")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with file,generator columns: print the true source beside each prediction and the accuracy.")
-def query(images, index, config, device, fmt, no_resynth, top_k, manifest):
+@click.option("--stream", is_flag=True,
+              help="Read image paths or JSONL objects from stdin; write JSONL as results come (README: Serving).")
+def query(images, index, config, device, fmt, no_resynth, top_k, manifest, stream):
     """Attribute images (files or directories, recursed). Misses resynthesize and write through."""
     from .samples import read_manifest
 
+    if stream:
+        from .stream import run_stream
+
+        if images or manifest:
+            raise click.UsageError("--stream reads its inputs from stdin: give no IMAGES and no --manifest")
+        try:
+            with _engine(config, index, device, readonly=False) as engine:
+                failed = run_stream(engine, sys.stdin, sys.stdout, resynthesize=not no_resynth, top_k=top_k)
+        except RindexError as exc:
+            _fail(exc)
+        sys.exit(1 if failed else 0)
+    if not images:
+        raise click.UsageError("give IMAGES (files or directories), or --stream")
     missing = [str(p) for p in images if not p.exists()]
     try:
         truth = read_manifest(manifest) if manifest else None
@@ -221,6 +236,112 @@ def zoo_samples(outdir, config, device, per_generator):
     except RindexError as exc:
         _fail(exc)
     click.echo(f"wrote samples and {manifest}", err=True)
+
+
+@main.command()
+@_index_option
+@_config_option
+@_device_option
+@click.option("--host", default=None, help="Bind address (default: serve.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: serve.port, 8000; 0: any free).")
+@click.option("--miss-policy", type=click.Choice(["queue", "inline"]), default=None,
+              help="queue: answer misses from cached evidence and queue the prompt for the builder (read-only "
+                   "server); inline: resynthesize within the budget (this server is the index's writer).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
+              show_default=True)
+@click.option("--builder", is_flag=True, help="Run the index's one builder instead: build the prompts servers queued.")
+@click.option("--once", is_flag=True, help="--builder: drain the queue, then exit.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="--builder: seconds between polls of the queue.")
+def serve(index, config, device, host, port, miss_policy, log_level, builder, once, interval):
+    """Serve the HTTP API (POST /v1/attribute, /v1/health, /v1/index, /metrics; docs at /docs)."""
+    import logging
+
+    index = index if index is not None else default_index_dir()
+    try:
+        if builder:
+            from .service import run_builder
+
+            logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+            built = run_builder(config, index=index, device=device, once=once, interval=interval,
+                                echo=lambda m: click.echo(m, err=True))
+            click.echo(f"builder: built {built} prompt(s)", err=True)
+            return
+        try:
+            from .server import serve as run_server
+        except ImportError as exc:
+            _fail(RindexError(f"rindex serve needs the serve extra: pip install 'resynth-index[serve]' ({exc})"))
+
+        run_server(config, index=index, device=device, host=host, port=port, log_level=log_level,
+                   overrides={"miss_policy": miss_policy} if miss_policy else None)
+    except KeyboardInterrupt:
+        pass
+    except (RindexError, OSError) as exc:
+        _fail(exc)
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if any(v < 1 for v in items):
+        raise click.BadParameter("values must be positive")
+    return items
+
+
+@main.command("eval")
+@click.option("--index", "index", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Parent directory of the variants' indexes (default: a fresh OUT/index each run).")
+@_config_option
+@_device_option
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-report"),
+              show_default=True, help="Report directory (report.json, report.md, plots/, index.html, benchmark/).")
+@click.option("--per-generator", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Benchmark images per configured generator.")
+@click.option("--transforms", default="all", show_default=True,
+              help="Query transforms: all, none, or a list like 'jpeg:quality=50,blur:sigma=2,greyscale'.")
+@click.option("--gammas", callback=_int_list, default="1,2,4", show_default=True, help="γ values of the γ sweep.")
+@click.option("--held-out", default="auto", show_default=True,
+              help="Generators benchmarked but not indexed (open set): names, 'none', or 'auto' (the last one "
+                   "when 3 or more are configured).")
+@click.option("--build-limit", type=click.IntRange(min=0), default=24, show_default=True,
+              help="Packaged prompts precomputed into each index that scores against the whole index.")
+@click.option("--shots", callback=_int_list, default="1,5,10", show_default=True, help="Few-shot gallery sizes.")
+@click.option("--baselines", default="seed002,seed000,fewshot", show_default=True,
+              help="Baselines to run beside ours (comma list, or 'none').")
+@click.option("--benchmark", type=click.Path(path_type=Path), default=None,
+              help="Reuse an existing benchmark (manifest.csv or its directory) instead of generating one.")
+@click.option("--no-html", is_flag=True, help="Skip the per-query HTML page.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="torch CPU threads (0: torch's default). 1 is much faster on a CPU shared with other jobs.")
+def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held_out, build_limit, shots, baselines,
+             benchmark, no_html, threads):
+    """Measure accuracy on a held-out benchmark, clean and under seed 000's transforms, with baselines.
+
+    Without --index every variant gets a fresh index under OUT/index (the user's cache is never touched).
+    """
+    from .evaluation import EvalOptions, run_evaluation
+    from .report import accuracy_table
+
+    opts = EvalOptions(
+        per_generator=per_generator, transforms=transforms, gammas=tuple(gammas or ()), held_out=held_out,
+        build_limit=build_limit, shots=tuple(shots or ()),
+        baselines=tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none"),
+        html=not no_html, benchmark=benchmark,
+    )
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        result = run_evaluation(config, out, opts, index_dir=index, device=device)
+    except RindexError as exc:
+        _fail(exc)
+    click.echo(accuracy_table(result))
+    click.echo(f"report: {out / 'report.md'} ({result['wall_seconds_with_report']:.0f}s)", err=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,23 @@ Example (every key, with its default unless marked)::
     limit = 0                       # use the first N prompts; 0 = all
     batch_size = 8                  # prompts per generation/commit batch
 
+    [serve]                         # rindex serve / query --stream (README "Serving")
+    host = "127.0.0.1"              # bind address (loopback by default)
+    port = 8000
+    miss_policy = "queue"           # queue: answer misses from cached evidence, queue the prompt for the builder
+                                    # inline: resynthesize within resynthesis_budget (the server is the writer)
+    resynthesis_budget = 10.0       # seconds of inline resynthesis one batch may spend
+    request_timeout = 30.0          # seconds before a request answers 504
+    max_upload_bytes = 20971520     # request body limit (413 above)
+    max_pixels = 40000000           # per image, checked in the header before decoding (413 above)
+    max_images = 32                 # images per request
+    max_batch = 16                  # dynamic batching: images per inversion/embedding batch
+    max_wait_ms = 5.0               # dynamic batching: how long a batch waits to fill
+    max_pending = 1024              # images waiting for a batch before requests get 503
+    image_cache_size = 100000       # image-level cache entries (LRU)
+    phash_distance = 4              # pHash Hamming distance for a perceptual repost match; -1 = exact only
+    refresh_interval = 2.0          # seconds between checks for a newer index snapshot; 0 = only on request
+
     [[generators]]                  # repeat per candidate generator
     name = "sd15"
     source = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # hub id, local directory, or zoo:NAME
@@ -126,6 +143,24 @@ class BuildConfig:
     batch_size: int = 8
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    miss_policy: str = "queue"
+    resynthesis_budget: float = 10.0
+    request_timeout: float = 30.0
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_images: int = 32
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    max_pending: int = 1024
+    image_cache_size: int = 100_000
+    phash_distance: int = 4
+    refresh_interval: float = 2.0
+
+
 ZOO_DEFAULT_GENERATORS = ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart")
 
 
@@ -142,6 +177,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     generators: tuple[GeneratorSettings, ...] = field(default_factory=_default_generators)
 
     def generator(self, name: str) -> GeneratorSettings:
@@ -159,11 +195,14 @@ _CHOICES = {
     "scoring.aggregate": ("max", "mean", "knn", "softmax"),
     "scoring.distance": ("cosine", "euclidean"),
     "generators.dtype": ("auto", "float32", "float16", "bfloat16"),
+    "serve.miss_policy": ("queue", "inline"),
 }
 
 _POSITIVE = {
     "resynthesis.gamma", "embedder.batch_size", "inverter.max_new_tokens", "scoring.knn_k", "scoring.unrestricted_k",
     "build.batch_size", "generators.batch_size", "generators.steps", "generators.height", "generators.width",
+    "serve.request_timeout", "serve.max_upload_bytes", "serve.max_pixels", "serve.max_images",
+    "serve.max_batch", "serve.max_pending", "serve.image_cache_size",
 }
 
 
