@@ -81,6 +81,9 @@ class Attribution:
         d.pop("error")
         d["scores"] = {g: round(s, 6) for g, s in self.scores.items()}
         d["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
+        for items in d["evidence"].values():
+            for e in items:
+                e["score"] = round(e["score"], 6)
         return d
 
 
@@ -378,6 +381,7 @@ class Attributor:
                            resynthesis_budget: float | None = None) -> None:
         n = len(decoded)
         ns = self.namespaces
+        cache = self.cache  # open it (and load the prompt embedder) before any stage is timed
 
         t0 = time.perf_counter()
         inversions = self.inverter.invert([d for _, d in decoded])
@@ -393,7 +397,7 @@ class Attributor:
             res.timings["invert"] = per_invert
             res.timings["embed"] = per_embed
             t0 = time.perf_counter()
-            lookups.append(self.cache.lookup(res.prompt, ns))
+            lookups.append(cache.lookup(res.prompt, ns))
             res.timings["lookup"] = time.perf_counter() - t0
 
         misses = {}
@@ -416,14 +420,14 @@ class Attributor:
             for group in misses.values():
                 for res in group:
                     res.timings["resynthesize"] = per_miss
-            lookups = [self.cache.lookup(res.prompt, ns) if res.cache == "miss" else lk for lk, (res, _) in zip(lookups, decoded)]
+            lookups = [cache.lookup(res.prompt, ns) if res.cache == "miss" else lk for lk, (res, _) in zip(lookups, decoded)]
 
         t0 = time.perf_counter()
         sc = self.config.scoring
         unrestricted_hits = {}
         if sc.mode != "restricted":
             for g, namespace in ns.items():
-                unrestricted_hits[g] = self.cache.knn(g, namespace, query_vectors, sc.unrestricted_k)
+                unrestricted_hits[g] = cache.knn(g, namespace, query_vectors, sc.unrestricted_k)
         per_knn = (time.perf_counter() - t0) / n
 
         for i, ((res, _), lk) in enumerate(zip(decoded, lookups)):
