@@ -117,24 +117,36 @@ def macro_roc_auc(truths: Sequence[str], scores: Sequence[Mapping[str, float]], 
     return float(np.mean(aucs)) if aucs else None
 
 
-def tpr_at_fpr(positive: Sequence[float], negative: Sequence[float], max_fpr: float = 0.05) -> float | None:
-    """The best true-positive rate over thresholds whose false-positive rate is at most ``max_fpr``
-    (accept = score >= threshold)."""
+def _operating_point(positive, negative, max_fpr: float) -> tuple[float, float] | None:
+    """(best TPR, its threshold) over thresholds whose false-positive rate is at most ``max_fpr``
+    (accept = score >= threshold); None without both classes."""
     if not len(positive) or not len(negative):
         return None
     from sklearn.metrics import roc_curve
 
     y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
-    fpr, tpr, _ = roc_curve(y, np.r_[np.asarray(positive, float), np.asarray(negative, float)], drop_intermediate=False)
-    ok = fpr <= max_fpr + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
+    fpr, tpr, thr = roc_curve(y, np.r_[np.asarray(positive, float), np.asarray(negative, float)], drop_intermediate=False)
+    ok = np.flatnonzero(fpr <= max_fpr + 1e-12)  # roc_curve always starts at fpr 0 (threshold +inf)
+    best = ok[np.argmax(tpr[ok])]
+    return float(tpr[best]), float(thr[best])
+
+
+def tpr_at_fpr(positive: Sequence[float], negative: Sequence[float], max_fpr: float = 0.05) -> float | None:
+    """The best true-positive rate over thresholds whose false-positive rate is at most ``max_fpr``
+    (accept = score >= threshold)."""
+    point = _operating_point(positive, negative, max_fpr)
+    return None if point is None else point[0]
 
 
 def open_set_metrics(known_conf: Sequence[float], unknown_conf: Sequence[float], max_fpr: float = 0.05) -> dict[str, Any]:
-    """Known (indexed) queries vs held-out ones, each scored by its top score."""
+    """Known (indexed) queries vs held-out ones, each scored by its top score. ``threshold_at_{N}fpr`` is the
+    top-score cut-off of that operating point: use it as ``scoring.unknown_threshold`` to say "unknown" there."""
+    point = _operating_point(known_conf, unknown_conf, max_fpr)
+    pct = round(max_fpr * 100)
     return {
         "auroc": binary_auroc(known_conf, unknown_conf),
-        f"tpr_at_{round(max_fpr * 100)}fpr": tpr_at_fpr(known_conf, unknown_conf, max_fpr),
+        f"tpr_at_{pct}fpr": None if point is None else point[0],
+        f"threshold_at_{pct}fpr": None if point is None else point[1],
         "n_known": len(known_conf),
         "n_unknown": len(unknown_conf),
     }

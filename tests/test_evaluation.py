@@ -67,6 +67,7 @@ def test_open_set_auroc_and_tpr_at_fpr_by_hand():
     m = open_set_metrics(known, unknown)
     assert m["auroc"] == pytest.approx(6 / 8)  # pairs (known > unknown): 2 + 1 + 2 + 1
     assert m["tpr_at_5fpr"] == pytest.approx(0.5)  # no held-out accepted: threshold above 0.7 keeps 0.9, 0.8
+    assert m["threshold_at_5fpr"] == pytest.approx(0.8)  # the lowest cut-off that still rejects 0.7
     assert tpr_at_fpr(known, unknown, 0.5) == pytest.approx(1.0)  # one held-out accepted: all known above 0.3
     assert (m["n_known"], m["n_unknown"]) == (4, 2)
 
