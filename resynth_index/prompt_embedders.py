@@ -112,31 +112,26 @@ class ClipTextPromptEmbedder:
 
     Args:
         model: an open_clip architecture name, e.g. ``"ViT-B-32"``.
-        pretrained: ``None`` for a random initialisation from ``seed`` (offline tests), otherwise an open_clip
-            pretrained tag or a local checkpoint file.
+        pretrained: ``None`` for a random initialisation (offline tests), otherwise an open_clip pretrained tag,
+            a local checkpoint file or ``hf-hub:org/repo``.
         device: ``"cpu"`` (default) or a torch device string.
-        seed: the torch seed of the random initialisation (part of ``id``); ignored when ``pretrained`` is set.
+
+    The model is :func:`resynth_index.embedders.load_open_clip`'s, shared with an open_clip embedder or
+    interrogator of the same model in this process (loaded once); a random init is seeded with 0.
     """
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, *, device: str = "cpu",
-                 seed: int = 0, batch_size: int = 64):
-        import resynth_index  # noqa: F401  - must precede open_clip (imports torchvision)
+                 batch_size: int = 64):
         import open_clip
         import torch
 
+        from .devices import resolve_device
+        from .embedders import load_open_clip
+
         self._torch = torch
-        try:
-            if pretrained is None:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    clip = open_clip.create_model(model, pretrained=None, device=device)
-                self.id = f"clip:{model}:random-seed{seed}"
-            else:
-                clip = open_clip.create_model(model, pretrained=pretrained, device=device)
-                self.id = f"clip:{model}:{pretrained}"
-        except Exception as exc:
-            raise ModelNotAvailableError(f"cannot build open_clip text tower {model!r} ({pretrained!r}): {exc}") from exc
-        clip.eval()
+        device = resolve_device(device)
+        clip, _ = load_open_clip(model, pretrained, device)  # raises ModelNotAvailableError on failure
+        self.id = f"clip:{model}:{pretrained or 'random-seed0'}"
         self._model = clip
         self._tokenizer = open_clip.get_tokenizer(model)
         self._device = device
