@@ -5,7 +5,8 @@ One query::
     decode/guard -> invert (metadata first) -> normalise -> cache lookup (hit | near | miss)
       miss: resynthesise gamma candidates with every generator lacking them -> embed -> write through
     embed the query -> restricted scores (this prompt's candidates) + unrestricted kNN (whole per-generator index)
-      -> aggregate -> combine -> decide (generator or "unknown") -> evidence
+      -> aggregate -> combine -> fuse with the reference gallery (if any generator is enrolled)
+      -> decide (generator, "unknown", or "real" by the gallery's calibrated gate) -> evidence
 
 Models load lazily: a query answered from the cache never loads a generator. Each generator's cache namespace
 hashes its settings, the seeds and the embedder id, so changing any of them never returns stale vectors.
@@ -36,7 +37,7 @@ from .config import Config, default_index_dir, load_config
 from .devices import resolve_device
 from .errors import ConfigError, RindexError
 from .prompts import namespace_digest, normalize_prompt
-from .scoring import aggregate, combine, decide
+from .scoring import aggregate, combine, decide, fuse
 
 PACKAGED_PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
 
@@ -48,9 +49,11 @@ class Evidence:
     """One stored candidate that scored against the query."""
 
     score: float
-    prompt: str
-    seed: int
-    kind: str  # "restricted" (this prompt's resynthesis) or "unrestricted" (kNN over the whole index)
+    prompt: str | None  # None for gallery evidence
+    seed: int | None
+    kind: str  # "restricted" (this prompt's resynthesis), "unrestricted" (kNN over the whole index),
+    # "gallery" (an enrolled reference, embedder space) or "fingerprint" (an enrolled reference, fingerprint space)
+    reference: str | None = None  # gallery evidence: the reference's original path (or "ref:ID")
 
 
 @dataclass
@@ -66,6 +69,8 @@ class Attribution:
     matched_prompt: str | None = None
     prompt_similarity: float | None = None
     evidence: dict[str, list[Evidence]] = field(default_factory=dict)
+    #: gallery view, when references are enrolled: fingerprint scores, real margin, thresholds, what decided
+    gallery: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -84,6 +89,8 @@ class Attribution:
         for items in d["evidence"].values():
             for e in items:
                 e["score"] = round(e["score"], 6)
+                if e["reference"] is None:
+                    del e["reference"]
         return d
 
 
@@ -111,6 +118,10 @@ def candidate_seeds(normalized_prompt: str, gamma: int, seed_base: int = 0) -> l
     h = int.from_bytes(hashlib.sha256(normalized_prompt.encode("utf-8")).digest()[:4], "big")
     start = seed_base + (1 << 32) + (h << 8)
     return list(range(start, start + gamma))
+
+
+def _ref_name(ref) -> str:
+    return ref.path or f"ref:{ref.id}"
 
 
 def read_prompt_file(path: str | os.PathLike) -> list[str]:
@@ -146,6 +157,9 @@ class Attributor:
         self._inverter = None
         self._generators: dict[str, Any] = {}
         self._namespaces: dict[str, str] | None = None
+        self._gallery = None
+        self._fingerprint = None
+        self._gallery_view = None  # (gallery version, GalleryView)
         self._prompt_embedder = None  # shared by reopen(); else loaded with the cache
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
         #: running mean of resynthesis seconds per prompt (all generators), for ``resynthesis_budget``
@@ -198,6 +212,64 @@ class Attributor:
             self._inverter = stages[0] if len(stages) == 1 else ChainInverter(stages)
         return self._inverter
 
+    @property
+    def gallery(self):
+        """The enrolled reference images (:class:`~resynth_index.gallery.Gallery`) under ``INDEX/gallery``."""
+        if self._gallery is None:
+            from .gallery import Gallery
+
+            self._gallery = Gallery(self.index_dir, readonly=self.readonly)
+        return self._gallery
+
+    @property
+    def fingerprint(self):
+        """The gallery's fingerprint extractor, or None when ``gallery.fingerprint = "none"``."""
+        gc = self.config.gallery
+        if self._fingerprint is None and gc.fingerprint != "none":
+            from .fingerprints import load_fingerprint
+
+            options = ({"window": gc.window, "patches": gc.patches} if gc.fingerprint == "spectrum" else
+                       {"backbone": gc.backbone, "layer": gc.layer, "bits": gc.bits, "patch": gc.patch,
+                        "patches": gc.patches})
+            self._fingerprint = load_fingerprint(gc.fingerprint, device=self.device, **options)
+        return self._fingerprint
+
+    def _gallery_features(self) -> dict[str, Any]:
+        """Feature id -> function of PIL images, for every feature the gallery stores."""
+        out = {}
+        if self.config.gallery.semantic:
+            out[self.embedder.id] = self.embedder.embed
+        if self.fingerprint is not None:
+            out[self.fingerprint.id] = self.fingerprint.extract
+        return out
+
+    @property
+    def runnable(self) -> list[str]:
+        """Configured generators that can be run (have a ``source``); the others are gallery-only."""
+        return [g.name for g in self.config.generators if g.source.strip()]
+
+    def candidates(self) -> list[str]:
+        """Every generator an image can be attributed to: the configured ones and every enrolled gallery."""
+        from .gallery import REAL
+
+        names = [g.name for g in self.config.generators]
+        return names + [g for g in self.gallery.generators() if g != REAL and g not in names]
+
+    def enroll(self, name: str, inputs, *, progress: bool = False):
+        """Add reference images for generator ``name`` (``"real"``: real photos for the gate's calibration);
+        returns an :class:`~resynth_index.gallery.EnrollReport`. See :mod:`resynth_index.gallery`."""
+        return self.gallery.enroll(name, inputs, features=self._gallery_features(), progress=progress)
+
+    def gallery_view(self):
+        """The matching state of the gallery for the current config (None when no generator is enrolled),
+        rebuilt when references are added or removed."""
+        from .gallery import GalleryView
+
+        version = self.gallery.version()
+        if self._gallery_view is None or self._gallery_view[0] != version:
+            self._gallery_view = (version, GalleryView.load(self, version))
+        return self._gallery_view[1]
+
     def generator(self, name: str):
         """The loaded generator ``name`` (loaded on first use)."""
         if name not in self._generators:
@@ -221,6 +293,7 @@ class Attributor:
                     "embedder": self.embedder.id,
                 })
                 for g in self.config.generators
+                if g.source.strip()
             }
         return self._namespaces
 
@@ -265,6 +338,8 @@ class Attributor:
         vectors: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
         images = 0
         for g in self.config.generators:
+            if g.name not in self.namespaces:
+                continue  # gallery-only
             wanted = [p for p, missing in missing_by_prompt.items() if g.name in missing]
             if not wanted:
                 continue
@@ -372,7 +447,7 @@ class Attributor:
         the other's cache; the models are shared)."""
         other = Attributor(self.config, index=self.index_dir, device=self.device, readonly=self.readonly)
         other._embedder, other._inverter, other._namespaces = self._embedder, self._inverter, self._namespaces
-        other._generators = self._generators
+        other._generators, other._fingerprint = self._generators, self._fingerprint
         other._prompt_embedder = self._cache.prompt_embedder if self._cache is not None else self._prompt_embedder
         other.resynthesis_seconds_per_prompt = self.resynthesis_seconds_per_prompt
         return other
@@ -381,10 +456,10 @@ class Attributor:
                            resynthesis_budget: float | None = None) -> None:
         n = len(decoded)
         ns = self.namespaces
-        cache = self.cache  # open it (and load the prompt embedder) before any stage is timed
+        cache = self.cache if ns else None  # open it (and load the prompt embedder) before any stage is timed
 
         t0 = time.perf_counter()
-        inversions = self.inverter.invert([d for _, d in decoded])
+        inversions = self.inverter.invert([d for _, d in decoded]) if ns else [None] * n
         per_invert = (time.perf_counter() - t0) / n
 
         t0 = time.perf_counter()
@@ -393,15 +468,20 @@ class Attributor:
 
         lookups = []
         for (res, _), inv in zip(decoded, inversions):
+            res.timings["embed"] = per_embed
+            if not ns:  # gallery-only: no prompt to invert, no candidates to look up
+                lookups.append(None)
+                continue
             res.prompt, res.prompt_source = (inv.prompt, inv.source) if inv else ("", "none")
             res.timings["invert"] = per_invert
-            res.timings["embed"] = per_embed
             t0 = time.perf_counter()
             lookups.append(cache.lookup(res.prompt, ns))
             res.timings["lookup"] = time.perf_counter() - t0
 
         misses = {}
         for lk, (res, _) in zip(lookups, decoded):
+            if lk is None:
+                continue
             res.cache = lk.status
             if lk.status == "miss" and resynthesize and lk.missing:
                 misses.setdefault(lk.normalized_prompt, []).append(res)
@@ -423,32 +503,51 @@ class Attributor:
             lookups = [cache.lookup(res.prompt, ns) if res.cache == "miss" else lk for lk, (res, _) in zip(lookups, decoded)]
 
         t0 = time.perf_counter()
-        sc = self.config.scoring
+        sc, gc = self.config.scoring, self.config.gallery
         unrestricted_hits = {}
         if sc.mode != "restricted":
             for g, namespace in ns.items():
                 unrestricted_hits[g] = cache.knn(g, namespace, query_vectors, sc.unrestricted_k)
         per_knn = (time.perf_counter() - t0) / n
 
+        t0 = time.perf_counter()
+        view = self.gallery_view()
+        gallery = (view.query(query_vectors, [d.image for _, d in decoded], [r.path or "<image>" for r, _ in decoded])
+                   if view is not None else [None] * n)
+        per_gallery = (time.perf_counter() - t0) / n
+
         for i, ((res, _), lk) in enumerate(zip(decoded, lookups)):
             t0 = time.perf_counter()
             q = query_vectors[i]
-            res.matched_prompt = lk.matched_prompt
-            res.prompt_similarity = lk.similarity
-            restricted_sims = {g: c.vectors.astype(np.float32) @ q for g, c in lk.candidates.items()}
+            qg = gallery[i]
+            if lk is not None:
+                res.matched_prompt = lk.matched_prompt
+                res.prompt_similarity = lk.similarity
+            restricted_sims = {g: c.vectors.astype(np.float32) @ q for g, c in lk.candidates.items()} if lk else {}
             unrestricted_sims = {
                 g: np.array([nb.score for nb in hits[i]], dtype=np.float32) for g, hits in unrestricted_hits.items()
             }
+            if qg is not None and sc.mode != "restricted":
+                for g, (sims, _) in qg.semantic.items():
+                    unrestricted_sims[g] = np.concatenate([unrestricted_sims.get(g, np.zeros(0, np.float32)), sims])
             scores = combine(aggregate(restricted_sims, sc), aggregate(unrestricted_sims, sc), sc)
+            if qg is not None:
+                scores = fuse(scores, {g: s for g, (s, _) in qg.fingerprint.items()}, gc.weight)
             res.scores = dict(sorted(scores.items(), key=lambda kv: -kv[1]))
             res.prediction = decide(scores, sc).prediction
-            res.evidence = self._evidence(lk, restricted_sims, unrestricted_hits, i, top_k)
+            if qg is not None:
+                res.prediction, res.gallery = view.decide(res.prediction, scores, qg, open_set=gc.open_set,
+                                                          real_gate=gc.real_gate)
+            res.evidence = self._evidence(lk, restricted_sims, unrestricted_hits, qg, i, top_k)
             res.timings["score"] = per_knn + time.perf_counter() - t0
+            if view is not None:
+                res.timings["gallery"] = per_gallery
 
     @staticmethod
-    def _evidence(lookup, restricted_sims, unrestricted_hits, i, top_k) -> dict[str, list[Evidence]]:
+    def _evidence(lookup, restricted_sims, unrestricted_hits, qg, i, top_k) -> dict[str, list[Evidence]]:
         out: dict[str, list[Evidence]] = {}
-        for g in set(restricted_sims) | set(unrestricted_hits):
+        names = set(restricted_sims) | set(unrestricted_hits) | (set(qg.semantic) | set(qg.fingerprint) if qg else set())
+        for g in names:
             items = []
             if g in restricted_sims:
                 cand = lookup.candidates[g]
@@ -456,6 +555,13 @@ class Attributor:
                     items.append(Evidence(float(restricted_sims[g][j]), cand.prompt, int(cand.seeds[j]), "restricted"))
             for nb in unrestricted_hits.get(g, [[]] * (i + 1))[i][:top_k]:
                 items.append(Evidence(float(nb.score), nb.prompt, int(nb.seed), "unrestricted"))
+            if qg is not None and g in qg.semantic:
+                sims, refs = qg.semantic[g]
+                for j in np.argsort(-sims)[:top_k]:
+                    items.append(Evidence(float(sims[j]), None, None, "gallery", _ref_name(refs[j])))
+            if qg is not None and g in qg.fingerprint:
+                score, ref = qg.fingerprint[g]
+                items.append(Evidence(score, None, None, "fingerprint", _ref_name(ref)))
             out[g] = items
         return out
 
@@ -465,12 +571,22 @@ class Attributor:
         info = dict(self.cache.info())
         info["index"] = str(self.index_dir)
         info["config_namespaces"] = dict(self.namespaces)
+        view = self.gallery_view()
+        info["gallery"] = {
+            "references": self.gallery.generators(),
+            "fingerprint": None if view is None or view.space is None else view.space.feature_id,
+            "real_set": None if view is None or view.space is None else view.space.real_source,
+            "calibration": None if view is None or view.calibration is None else view.calibration.to_dict(),
+        }
         return info
 
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+        if self._gallery is not None:
+            self._gallery.close()
+            self._gallery = None
 
     def __enter__(self) -> "Attributor":
         return self

@@ -169,6 +169,65 @@ def query(images, index, config, device, fmt, no_resynth, top_k, manifest, strea
 
 
 @main.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_index_option
+@_config_option
+@_device_option
+def enroll(name, images, index, config, device):
+    """Add reference images (files or directories) to generator NAME's gallery.
+
+    NAME need not be configured: an enrolled name is a candidate of every query (gallery-only when it has no
+    source). The reserved NAME "real" enrols real photos, which calibrate the real/AI gate. An image that
+    cannot be decoded is named and skipped; the others are enrolled (exit 1 then).
+    """
+    try:
+        with _engine(config, index, device) as engine:
+            report = engine.enroll(name, images, progress=True)
+            counts = engine.gallery.generators()
+            cal = None
+            if name != "real" or counts.keys() - {"real"}:
+                view = engine.gallery_view()
+                cal = view.calibration if view is not None else None
+    except RindexError as exc:
+        _fail(exc)
+    for err in report.errors:
+        click.echo(f"rindex: {err}", err=True)
+    click.echo(f"enrolled {report.added} image(s) for {name!r} ({report.duplicates} already there, "
+               f"{len(report.errors)} failed); gallery: "
+               + ", ".join(f"{g} {n}" for g, n in counts.items()), err=True)
+    if cal is not None:
+        click.echo(_calibration_line(cal), err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+def _calibration_line(cal) -> str:
+    pct = f"{100 * cal.target_fpr:g}% FPR"
+
+    def rate(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    line = (f"calibrated at {pct}: open set TPR {rate(cal.unknown_tpr)}, real gate TPR {rate(cal.real_tpr)} "
+            f"(real photos: {cal.real_source})")
+    return line + (f"; {cal.note}" if cal.note else "")
+
+
+@main.command()
+@click.argument("name")
+@_index_option
+def unenroll(name, index):
+    """Remove every reference image of NAME from the gallery."""
+    from .gallery import Gallery
+
+    try:
+        with Gallery(index if index is not None else default_index_dir()) as gallery:
+            removed = gallery.remove(name)
+    except RindexError as exc:
+        _fail(exc)
+    click.echo(f"removed {removed} reference(s) of {name!r}", err=True)
+
+
+@main.command()
 @_index_option
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

@@ -63,9 +63,24 @@ Example (every key, with its default unless marked)::
     phash_distance = 4              # pHash Hamming distance for a perceptual repost match; -1 = exact only
     refresh_interval = 2.0          # seconds between checks for a newer index snapshot; 0 = only on request
 
+    [gallery]                       # enrolled reference images (rindex enroll; README "Reference galleries")
+    fingerprint = "spectrum"        # spectrum | bitplane | none: the fingerprint matched against references
+    weight = 0.5                    # weight of the fingerprint score in the fused score
+    semantic = true                 # references also join the unrestricted evidence in the embedder's space
+    open_set = true                 # "unknown" below the calibrated threshold (when every generator is enrolled)
+    real_gate = true                # "real" above the calibrated real margin (when every generator is enrolled)
+    target_fpr = 0.05               # false-positive rate both thresholds are calibrated at
+    backbone = "efficientnet-lite0" # bitplane CNN: efficientnet-lite0 (packaged weights) or "timm:NAME"
+    layer = 2                       # bitplane: pool the output of this block stage
+    bits = 3                        # bitplane: lowest bit planes kept per channel
+    patch = 256                     # bitplane: native-resolution patch size
+    window = 64                     # spectrum: native-resolution window size
+    patches = 8                     # patches kept per image, most high-frequency energy first
+
     [[generators]]                  # repeat per candidate generator
     name = "sd15"
-    source = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # hub id, local directory, or zoo:NAME
+    source = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # hub id, local directory, or zoo:NAME;
+                                    # empty or omitted: gallery-only (attributed from enrolled references)
     steps = 25
     guidance = 7.5
     height = 512
@@ -161,6 +176,22 @@ class ServeConfig:
     refresh_interval: float = 2.0
 
 
+@dataclass(frozen=True)
+class GalleryConfig:
+    fingerprint: str = "spectrum"
+    weight: float = 0.5
+    semantic: bool = True
+    open_set: bool = True
+    real_gate: bool = True
+    target_fpr: float = 0.05
+    backbone: str = "efficientnet-lite0"
+    layer: int = 2
+    bits: int = 3
+    patch: int = 256
+    window: int = 64
+    patches: int = 8
+
+
 ZOO_DEFAULT_GENERATORS = ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart")
 
 
@@ -178,6 +209,7 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
     generators: tuple[GeneratorSettings, ...] = field(default_factory=_default_generators)
 
     def generator(self, name: str) -> GeneratorSettings:
@@ -196,6 +228,7 @@ _CHOICES = {
     "scoring.distance": ("cosine", "euclidean"),
     "generators.dtype": ("auto", "float32", "float16", "bfloat16"),
     "serve.miss_policy": ("queue", "inline"),
+    "gallery.fingerprint": ("spectrum", "bitplane", "none"),
 }
 
 _POSITIVE = {
@@ -203,6 +236,7 @@ _POSITIVE = {
     "build.batch_size", "generators.batch_size", "generators.steps", "generators.height", "generators.width",
     "serve.request_timeout", "serve.max_upload_bytes", "serve.max_pixels", "serve.max_images",
     "serve.max_batch", "serve.max_pending", "serve.image_cache_size",
+    "gallery.layer", "gallery.bits", "gallery.patch", "gallery.window", "gallery.patches", "gallery.target_fpr",
 }
 
 
@@ -233,6 +267,9 @@ def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) 
     elif target is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{origin}: key '{key}' must be an integer, got {value!r}")
+    elif target is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{origin}: key '{key}' must be true or false, got {value!r}")
     elif target is str:
         if not isinstance(value, str):
             raise ConfigError(f"{origin}: key '{key}' must be a string, got {value!r}")
@@ -279,11 +316,10 @@ def _build_generators(value: Any, origin: str) -> tuple[GeneratorSettings, ...]:
         where = f"generators[{i}]"
         if not isinstance(table, Mapping):
             raise ConfigError(f"{origin}: '{where}' must be a table")
-        for required in ("name", "source"):
-            if not table.get(required):
-                raise ConfigError(f"{origin}: '{where}' needs a '{required}'")
+        if not table.get("name"):
+            raise ConfigError(f"{origin}: '{where}' needs a 'name'")
         gen = _build(GeneratorSettings, table, "generators", origin)
-        if gen.name in seen or gen.name == "unknown":
+        if gen.name in seen or gen.name in ("unknown", "real"):
             raise ConfigError(f"{origin}: generator name {gen.name!r} is duplicated or reserved")
         seen.add(gen.name)
         out.append(gen)

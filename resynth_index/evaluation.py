@@ -377,15 +377,100 @@ def _config_summary(config: Config) -> dict[str, Any]:
     }
 
 
-def fewshot_gallery(engine, generators: Sequence[str], shots: int, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-    """``shots`` reference embeddings per generator: images from gallery prompts (the packaged build list, never
-    a benchmark prompt) and seeds from :data:`FEWSHOT_SEED_BASE` (never a benchmark seed)."""
+def gallery_images(engine, generators: Sequence[str], shots: int, prompts: Sequence[str]) -> dict[str, list[Image.Image]]:
+    """``shots`` reference images per generator: gallery prompts (the packaged build list, never a benchmark
+    prompt) and seeds from :data:`FEWSHOT_SEED_BASE` (never a benchmark seed)."""
     out = {}
     for gi, g in enumerate(generators):
         chosen = [prompts[k % len(prompts)] for k in range(shots)]
         seeds = [FEWSHOT_SEED_BASE + gi * 1000 + k for k in range(shots)]
-        out[g] = engine.embedder.embed(engine.generator(g).generate(chosen, seeds))
+        out[g] = engine.generator(g).generate(chosen, seeds)
     return out
+
+
+def retrieval_metrics(sims: np.ndarray, truths: Sequence[str], ref_labels: Sequence[str]) -> dict[str, float]:
+    """Seed 001's retrieval view: Rank-1 = the nearest reference's generator is right; mAP = the mean over
+    queries of the average precision of the ranked references (relevant: the query's generator)."""
+    from sklearn.metrics import average_precision_score
+
+    ref_labels = np.asarray(ref_labels)
+    rank1 = [ref_labels[int(np.argmax(row))] == t for row, t in zip(sims, truths)]
+    aps = [average_precision_score(ref_labels == t, row) for row, t in zip(sims, truths)]
+    return {"rank1": float(np.mean(rank1)), "map": float(np.mean(aps))}
+
+
+def generator_ranking_metrics(scores: Sequence[Mapping[str, float]], truths: Sequence[str]) -> dict[str, float]:
+    """Rank-1 and mAP of a per-generator score ranking (one relevant generator: AP = 1 / its rank)."""
+    rank1, aps = [], []
+    for s, t in zip(scores, truths):
+        order = ranked(s)
+        rank1.append(bool(order) and order[0] == t)
+        aps.append(1.0 / (order.index(t) + 1) if t in order else 0.0)
+    return {"rank1": float(np.mean(rank1)), "map": float(np.mean(aps))}
+
+
+def run_retrieval(engine, gallery: Mapping[str, Sequence[Image.Image]], images, truths, labels, shots_list,
+                  ours_results, opts: EvalOptions) -> dict[str, Any]:
+    """Rank-1 / mAP at each shot count for the reference gallery alone (embedder, spectrum and bit-plane
+    features), for resynthesis alone, and fused: the engine itself with the first ``shots`` references of
+    each indexed generator enrolled (clean queries; held-out generators are never enrolled)."""
+    from .fingerprints import load_fingerprint
+    from .gallery import GallerySpace, real_set
+
+    gc = engine.config.gallery
+    known = [i for i, t in enumerate(truths) if t in labels]
+    unseen = [i for i, t in enumerate(truths) if t not in labels]
+    q_images, q_truths = [images[i] for i in known], [truths[i] for i in known]
+    extractors = {
+        f"gallery: embedder ({engine.embedder.id})": (engine.embedder.id, engine.embedder.embed, False),
+        "gallery: spectrum": None,
+        "gallery: bit planes (LIDA)": None,
+    }
+    spectrum = load_fingerprint("spectrum", window=gc.window, patches=gc.patches)
+    bitplane = load_fingerprint("bitplane", backbone=gc.backbone, layer=gc.layer, bits=gc.bits, patch=gc.patch,
+                                patches=gc.patches, device=engine.device)
+    extractors["gallery: spectrum"] = (spectrum.id, spectrum.extract, True)
+    extractors["gallery: bit planes (LIDA)"] = (bitplane.id, bitplane.extract, True)
+    out: dict[str, Any] = {"shots": list(shots_list), "rows": [], "open_set": []}
+    for method, (fid, fn, centred) in extractors.items():
+        centre = real_set(engine.gallery, fid, fn)[1].mean(axis=0) if centred else 0.0
+        unit = lambda v: (v - centre) / np.linalg.norm(v - centre, axis=1, keepdims=True)  # noqa: E731
+        q = unit(np.asarray(fn(q_images), np.float32))
+        refs = {g: unit(np.asarray(fn(list(gallery[g])), np.float32)) for g in labels}
+        for s in shots_list:
+            ref_vecs = np.concatenate([refs[g][:s] for g in labels])
+            ref_labels = [g for g in labels for _ in range(min(s, len(refs[g])))]
+            out["rows"].append({"method": method, "shots": s, **retrieval_metrics(q @ ref_vecs.T, q_truths, ref_labels)})
+    resynth = generator_ranking_metrics([ours_results[i].scores for i in known], q_truths)
+    for s in shots_list:
+        out["rows"].append({"method": "resynthesis (ours)", "shots": s, **resynth})
+    enrolled = 0
+    for s in shots_list:
+        for g in labels:
+            engine.enroll(g, [_png_bytes(im) for im in gallery[g][enrolled:s]])
+        enrolled = s
+        results = engine.attribute(list(images), top_k=1)
+        fused = generator_ranking_metrics([results[i].scores for i in known], q_truths)
+        out["rows"].append({"method": f"fused (resynthesis + gallery, {gc.fingerprint})", "shots": s, **fused})
+        cal = engine.gallery_view().calibration
+        out["open_set"].append({
+            "shots": s,
+            "known_correct": float(np.mean([results[i].prediction == truths[i] for i in known])),
+            "known_unknown": float(np.mean([results[i].prediction == "unknown" for i in known])),
+            "known_real": float(np.mean([results[i].prediction == "real" for i in known])),
+            "held_out_unknown": float(np.mean([results[i].prediction == "unknown" for i in unseen])) if unseen else None,
+            "calibration": cal.to_dict() if cal is not None else None,
+        })
+        _log(opts, f"retrieval {s}-shot: fused Rank-1 {_pct(fused['rank1'])}, mAP {fused['map']:.3f}")
+    return out
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def fewshot_scores(query_vectors: np.ndarray, gallery: Mapping[str, np.ndarray], shots: int) -> list[dict[str, float]]:
@@ -507,7 +592,6 @@ def run_evaluation(
         "variants": {},
         "gamma_sweep": [],
         "fewshot": {},
-        "pending": {"fingerprint": "the fingerprint (LIDA) retrieval path is not in this tree yet"},
     }
 
     # ---- ours, every condition
@@ -548,7 +632,8 @@ def run_evaluation(
             shots = sorted({int(s) for s in opts.shots})
             gallery_prompts = read_prompt_file(PACKAGED_PROMPTS)
             t0 = time.perf_counter()
-            gallery = fewshot_gallery(ours_engine, labels, shots[-1], gallery_prompts)
+            refs = gallery_images(ours_engine, labels, shots[-1], gallery_prompts)
+            gallery = {g: ours_engine.embedder.embed(ims) for g, ims in refs.items()}
             _log(opts, f"fewshot: gallery of {shots[-1]} per generator in {time.perf_counter() - t0:.1f}s")
             for s, v in run_fewshot(ours_engine, gallery, conditions, truths, files, labels, shots, opts).items():
                 result["variants"][f"fewshot-{s}"] = v
@@ -556,6 +641,9 @@ def run_evaluation(
                 "shots": shots,
                 "top1_clean": [result["variants"][f"fewshot-{s}"]["conditions"][CLEAN]["top1"] for s in shots],
             }
+            t0 = time.perf_counter()
+            result["retrieval"] = run_retrieval(ours_engine, refs, images, truths, labels, shots, ours_results, opts)
+            _log(opts, f"retrieval and fusion measured in {time.perf_counter() - t0:.1f}s")
 
         # ---- per-query evidence for the HTML page (ours, clean)
         html_rows = []

@@ -55,7 +55,10 @@ _PARTIAL_HASH_CHUNK = 8 << 20
 
 @dataclass(frozen=True)
 class GeneratorSettings:
-    """How to load and sample one candidate generator. Only ``name`` and ``source`` are required.
+    """How to load and sample one candidate generator. Only ``name`` is required.
+
+    An empty ``source`` makes a **gallery-only** generator: nothing to run, attributed from its enrolled
+    reference images (``rindex enroll``) alone.
 
     ``source`` is a hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``), a local ``save_pretrained``
     directory, or ``"zoo:NAME"``. ``steps``/``guidance``/``height``/``width`` left at None take the zoo entry's
@@ -66,7 +69,7 @@ class GeneratorSettings:
     """
 
     name: str
-    source: str
+    source: str = ""
     steps: int | None = None
     guidance: float | None = None
     height: int | None = None
@@ -80,8 +83,8 @@ class GeneratorSettings:
         label = f"generator {self.name!r}" if isinstance(self.name, str) and self.name else "generator"
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError("generator: 'name' must be a non-empty string")
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise ConfigError(f"{label}: 'source' must be a non-empty string (hub id, directory or zoo:NAME)")
+        if not isinstance(self.source, str):
+            raise ConfigError(f"{label}: 'source' must be a string (hub id, directory, zoo:NAME, or empty)")
         for key in ("steps", "height", "width"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
@@ -277,6 +280,8 @@ def load_generator(
     dtype = _resolve_dtype(settings, torch_device)
     scheduler_cls = _scheduler_class(settings) if settings.scheduler else None
     source = settings.source.strip()
+    if not source:
+        raise ConfigError(f"generator '{settings.name}' is gallery-only (no source): it cannot be run")
 
     defaults: dict = {}
     if source.startswith(_ZOO_PREFIX):

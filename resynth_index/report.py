@@ -93,6 +93,27 @@ def shots_table(result: Mapping[str, Any]) -> str:
     return _table(["shots", "top-1 (clean)"], [[s, _f(a)] for s, a in zip(fs["shots"], fs["top1_clean"])])
 
 
+def retrieval_table(result: Mapping[str, Any]) -> str:
+    """Rank-1 / mAP per method (rows) and shot count (columns), then the fused engine's decisions."""
+    rt = result.get("retrieval")
+    if not rt:
+        return "(retrieval not run: it needs the fewshot baseline)"
+    shots = rt["shots"]
+    methods = list(dict.fromkeys(r["method"] for r in rt["rows"]))
+    cell = {(r["method"], r["shots"]): r for r in rt["rows"]}
+    rows = [[m] + [f"{_f(cell[m, s]['rank1'])} / {cell[m, s]['map']:.3f}" if (m, s) in cell else "–" for s in shots]
+            for m in methods]
+    out = _table(["method (Rank-1 / mAP)"] + [f"{s}-shot" for s in shots], rows)
+    dec = [[o["shots"], _f(o["known_correct"]), _f(o["known_unknown"]), _f(o["known_real"]), _f(o["held_out_unknown"]),
+            _f((o["calibration"] or {}).get("unknown_tpr")), _f((o["calibration"] or {}).get("real_tpr"))]
+           for o in rt["open_set"]]
+    out += "\n\nDecisions of the fused engine (open set and real gate calibrated on the gallery at " \
+           f"{_f(result['retrieval']['open_set'][0]['calibration']['target_fpr'] if rt['open_set'] and rt['open_set'][0]['calibration'] else None)} FPR):\n\n"
+    out += _table(["shots", "known: correct", "known: unknown", "known: real", "held-out: unknown",
+                   "calibrated open-set TPR", "calibrated gate TPR"], dec)
+    return out
+
+
 def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     b = result["benchmark"]
     lines = [
@@ -130,9 +151,14 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         "",
         shots_table(result),
         "",
+        "## Retrieval (seed 001) beside resynthesis, and fused (clean, indexed generators)",
+        "",
+        "Gallery rows: nearest reference (Rank-1) and mean average precision of the ranked references. "
+        "Resynthesis and fused rows rank generators by score (one relevant generator: AP = 1/rank).",
+        "",
+        retrieval_table(result),
+        "",
     ]
-    if result.get("pending"):
-        lines += ["## Not measured", ""] + [f"- {k}: {v}" for k, v in result["pending"].items()] + [""]
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(lines)

@@ -21,6 +21,14 @@ before aggregation (seed 000's argmin of a distance). In mode ``both`` the final
 ``(1 - w) * restricted + w * unrestricted`` with ``w = unrestricted_weight``; a generator missing one kind of
 evidence is scored on the other alone.
 
+Enrolled reference images (:mod:`resynth_index.gallery`) add evidence twice: in the embedder's space each
+reference joins its generator's *unrestricted* similarities (it is one more semantically unaligned candidate,
+on the same scale), and in the fingerprint space its generator gets a fingerprint score, the best centred
+cosine. :func:`fuse` then gives ``(1 - w) * score + w * fingerprint`` with ``w = gallery.weight``; a generator
+with only one of the two is scored on that one (a gallery-only generator with ``gallery.semantic = false``
+is scored on its fingerprint alone). The two spaces have different scales, so a weight other than the
+default is best chosen from ``rindex eval``'s fused column.
+
 Decision: the top-scoring generator, or ``"unknown"`` when its score is below ``unknown_threshold`` or its lead
 over the runner-up is below ``unknown_margin``.
 """
@@ -84,6 +92,17 @@ def combine(restricted: Mapping[str, float], unrestricted: Mapping[str, float], 
             out[g] = (1.0 - w) * restricted[g] + w * unrestricted[g]
         else:
             out[g] = restricted.get(g, unrestricted.get(g))
+    return out
+
+
+def fuse(scores: Mapping[str, float], fingerprint: Mapping[str, float], weight: float) -> dict[str, float]:
+    """Fold fingerprint-gallery scores into the resynthesis/embedder scores (see the module docstring)."""
+    out = {}
+    for g in set(scores) | set(fingerprint):
+        if g in scores and g in fingerprint:
+            out[g] = (1.0 - weight) * scores[g] + weight * fingerprint[g]
+        else:
+            out[g] = scores.get(g, fingerprint.get(g))
     return out
 
 

@@ -44,7 +44,10 @@ def test_unknown_key_is_named(data, named):
         ({"scoring": {"aggregate": "median"}}, "scoring.aggregate"),
         ({"resynthesis": {"gamma": 0}}, "resynthesis.gamma"),
         ({"resynthesis": {"gamma": "4"}}, "must be an integer"),
-        ({"generators": [{"name": "a"}]}, "needs a 'source'"),
+        ({"generators": [{"source": "zoo:tiny-sd"}]}, "needs a 'name'"),
+        ({"generators": [{"name": "real", "source": "x"}]}, "reserved"),
+        ({"gallery": {"fingerprint": "wavelet"}}, "gallery.fingerprint"),
+        ({"gallery": {"open_set": "yes"}}, "true or false"),
         ({"generators": [{"name": "a", "source": "x"}, {"name": "a", "source": "y"}]}, "duplicated"),
         ({"inverter": {"chain": ["metadata", "ocr"]}}, "inverter.chain"),
     ],
@@ -71,3 +74,12 @@ def test_dict_and_partial_tables_keep_other_defaults():
     assert cfg.generator("x").source == "zoo:tiny-sd"
     with pytest.raises(ConfigError, match="no generator named"):
         cfg.generator("y")
+
+
+def test_a_generator_without_source_is_gallery_only():
+    from resynth_index.generators import load_generator
+
+    config = load_config({"generators": [{"name": "vendor-x"}, {"name": "sd", "source": "zoo:tiny-sd"}]})
+    assert config.generator("vendor-x").source == ""
+    with pytest.raises(ConfigError, match="gallery-only"):
+        load_generator(config.generator("vendor-x"), device="cpu")

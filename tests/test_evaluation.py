@@ -164,6 +164,19 @@ def test_eval_writes_the_report(tiny_eval):
     assert report["variants"]["seed000"]["config"]["distance"] == "euclidean"
     md = (out / "report.md").read_text()
     assert "| clean |" in md and "seed 000" in md and "1-shot NN" in md
+    rt = report["retrieval"]
+    methods = {r["method"] for r in rt["rows"]}
+    assert {"gallery: spectrum", "gallery: bit planes (LIDA)", "resynthesis (ours)"} <= methods
+    assert any(m.startswith("fused") for m in methods) and any(m.startswith("gallery: embedder") for m in methods)
+    assert {r["shots"] for r in rt["rows"]} == {1, 2} and len(rt["rows"]) == 5 * 2
+    for r in rt["rows"]:
+        assert 0 <= r["rank1"] <= 1 and 0 < r["map"] <= 1 and r["map"] >= r["rank1"] - 1e-9
+    # two known generators: a ranking's AP is 1 when right, 1/2 when wrong, so mAP = (1 + Rank-1) / 2
+    for r in rt["rows"]:
+        if r["method"].startswith(("resynthesis", "fused")):
+            assert r["map"] == pytest.approx((1 + r["rank1"]) / 2)
+    assert [o["shots"] for o in rt["open_set"]] == [1, 2] and rt["open_set"][1]["held_out_unknown"] is not None
+    assert "Retrieval (seed 001)" in md and "bit planes (LIDA)" in md
     assert "| clean |" in run.stdout  # the accuracy table also goes to stdout
     html = (out / "index.html").read_text()
     assert html.count("class='q'") == 6 and "data:image/png;base64," in html

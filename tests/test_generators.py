@@ -213,7 +213,8 @@ def test_settings_are_validated():
     with pytest.raises(ConfigError):
         GeneratorSettings("", "zoo:tiny-sd")
     with pytest.raises(ConfigError):
-        GeneratorSettings("x", " ")
+        GeneratorSettings("x", 42)
+    assert GeneratorSettings("x").source == ""  # gallery-only
 
 
 def test_generate_checks_its_arguments(generators):
