@@ -415,22 +415,20 @@ def run_retrieval(engine, gallery: Mapping[str, Sequence[Image.Image]], images, 
     features), for resynthesis alone, and fused: the engine itself with the first ``shots`` references of
     each indexed generator enrolled (clean queries; held-out generators are never enrolled)."""
     from .fingerprints import load_fingerprint
-    from .gallery import GallerySpace, real_set
+    from .gallery import real_set
 
     gc = engine.config.gallery
     known = [i for i, t in enumerate(truths) if t in labels]
     unseen = [i for i, t in enumerate(truths) if t not in labels]
     q_images, q_truths = [images[i] for i in known], [truths[i] for i in known]
-    extractors = {
-        f"gallery: embedder ({engine.embedder.id})": (engine.embedder.id, engine.embedder.embed, False),
-        "gallery: spectrum": None,
-        "gallery: bit planes (LIDA)": None,
-    }
     spectrum = load_fingerprint("spectrum", window=gc.window, patches=gc.patches)
     bitplane = load_fingerprint("bitplane", backbone=gc.backbone, layer=gc.layer, bits=gc.bits, patch=gc.patch,
                                 patches=gc.patches, device=engine.device)
-    extractors["gallery: spectrum"] = (spectrum.id, spectrum.extract, True)
-    extractors["gallery: bit planes (LIDA)"] = (bitplane.id, bitplane.extract, True)
+    extractors = {  # method -> (feature id, function, centred on the real prototype like the engine's fingerprints)
+        f"gallery: embedder ({engine.embedder.id})": (engine.embedder.id, engine.embedder.embed, False),
+        "gallery: spectrum": (spectrum.id, spectrum.extract, True),
+        "gallery: bit planes (LIDA)": (bitplane.id, bitplane.extract, True),
+    }
     out: dict[str, Any] = {"shots": list(shots_list), "rows": [], "open_set": []}
     for method, (fid, fn, centred) in extractors.items():
         centre = real_set(engine.gallery, fid, fn)[1].mean(axis=0) if centred else 0.0

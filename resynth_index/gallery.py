@@ -222,9 +222,11 @@ class Gallery:
         return [refs[i] for i in keep], vecs[keep]
 
     def _load_features(self, feature_id: str, refs: list[Reference], fn: FeatureFn) -> np.ndarray:
+        if not refs:
+            return np.zeros((0, 0), np.float32)
         fk = _feature_key(feature_id)
         rows: list[np.ndarray | None] = []
-        with self._env.begin() if self._env is not None else _NullTxn() as txn:
+        with self._env.begin() as txn:
             for r in refs:
                 raw = txn.get(fk + _U64.pack(r.id), db=self._dbs["features"])
                 rows.append(None if raw is None else np.frombuffer(raw, dtype=np.float32))
@@ -236,8 +238,6 @@ class Gallery:
             if not self.readonly:
                 self._write(lambda txn: [txn.put(fk + _U64.pack(refs[i].id), rows[i].tobytes(), db=self._dbs["features"])
                                          for i in todo], bump=False)
-        if not rows:
-            return np.zeros((0, 0), np.float32)
         return np.stack(rows)
 
     # -------------------------------------------------------------------------------------------- writing
@@ -352,17 +352,6 @@ class Gallery:
 
         self._write(fn)
         return len(refs)
-
-
-class _NullTxn:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def get(self, *_a, **_k):
-        return None
 
 
 # ------------------------------------------------------------------------------------------- real photos
