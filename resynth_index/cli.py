@@ -185,10 +185,8 @@ def enroll(name, images, index, config, device):
         with _engine(config, index, device) as engine:
             report = engine.enroll(name, images, progress=True)
             counts = engine.gallery.generators()
-            cal = None
-            if name != "real" or counts.keys() - {"real"}:
-                view = engine.gallery_view()
-                cal = view.calibration if view is not None else None
+            view = engine.gallery_view()  # None until an AI generator has references
+            cal = view.calibration if view is not None else None
     except RindexError as exc:
         _fail(exc)
     for err in report.errors:
