@@ -85,18 +85,12 @@ def combine(restricted: Mapping[str, float], unrestricted: Mapping[str, float], 
         return dict(restricted)
     if cfg.mode == "unrestricted":
         return dict(unrestricted)
-    w = cfg.unrestricted_weight
-    out = {}
-    for g in set(restricted) | set(unrestricted):
-        if g in restricted and g in unrestricted:
-            out[g] = (1.0 - w) * restricted[g] + w * unrestricted[g]
-        else:
-            out[g] = restricted.get(g, unrestricted.get(g))
-    return out
+    return fuse(restricted, unrestricted, cfg.unrestricted_weight)
 
 
 def fuse(scores: Mapping[str, float], fingerprint: Mapping[str, float], weight: float) -> dict[str, float]:
-    """Fold fingerprint-gallery scores into the resynthesis/embedder scores (see the module docstring)."""
+    """``(1 - weight) * scores + weight * fingerprint`` per generator; one with a single kind of evidence keeps
+    it. Used for restricted + unrestricted (mode ``both``) and for folding in the fingerprint gallery."""
     out = {}
     for g in set(scores) | set(fingerprint):
         if g in scores and g in fingerprint:
