@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the candidate cache (resynth_index.cache) on this machine.
+"""Benchmark of the candidate cache (resynth_index.store.cache) on this machine.
 
 Prints one table:
   * exact-hit lookups per second (3 generators x γ=4 x 512-d per prompt, float16 storage);
@@ -8,7 +8,7 @@ Prints one table:
   * batched per-generator kNN (k=10) over N cached 512-d vectors (default 10^6) in one namespace, with
     recall@10 against exact flat search on a query sample, for *clustered* data (candidates cluster by prompt
     and topic, as real candidate embeddings do) and for the *uniform random* worst case; the index is the one
-    the cache chooses by size (see resynth_index.vector_index), built from LMDB, build time reported;
+    the cache chooses by size (see resynth_index.store.vector_index), built from LMDB, build time reported;
   * bytes on disk per cached vector (LMDB records + vectors + FAISS snapshot).
 
     python benchmarks/cache.py              # full run (~6-9 minutes, < 12 GiB)
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import resynth_index  # noqa: E402,F401
-from resynth_index.cache import CandidateCache  # noqa: E402
-from resynth_index.prompts import namespace_digest  # noqa: E402
-from resynth_index.vector_index import IndexPolicy, VectorIndex, exact_topk, recall_at_k  # noqa: E402
+from resynth_index.store.cache import CandidateCache  # noqa: E402
+from resynth_index.store.keys import namespace_digest  # noqa: E402
+from resynth_index.store.vector_index import IndexPolicy, VectorIndex, exact_topk, recall_at_k  # noqa: E402
 
 TARGET_LOOKUPS = 20_000
 TARGET_QPS = 1_000

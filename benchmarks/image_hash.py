@@ -24,7 +24,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resynth_index.image_cache import hamming, perceptual_hash  # noqa: E402
+from resynth_index.serving.image_cache import hamming, perceptual_hash  # noqa: E402
 
 
 def _save(img, fmt, **kw):
@@ -69,7 +69,7 @@ def zoo_images(n_prompts: int) -> list[Image.Image]:
     import torch
 
     from resynth_index import Attributor
-    from resynth_index.attributor import PACKAGED_PROMPTS, read_prompt_file
+    from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
 
     torch.set_num_threads(1)
     prompts = read_prompt_file(PACKAGED_PROMPTS)[:n_prompts]

@@ -25,11 +25,12 @@ import resynth_index  # noqa: E402,F401 - torchvision compatibility step first
 import torch  # noqa: E402
 
 from resynth_index.devices import resolve_device  # noqa: E402
-from resynth_index.embedders import load_embedder  # noqa: E402
-from resynth_index.generators import GeneratorSettings, load_generator  # noqa: E402
-from resynth_index.images import decode_image  # noqa: E402
-from resynth_index.inverters import load_inverter  # noqa: E402
-from resynth_index.zoo import zoo_names  # noqa: E402
+from resynth_index.models.embedders import load_embedder  # noqa: E402
+from resynth_index.config import GeneratorSettings  # noqa: E402
+from resynth_index.models.generators import load_generator  # noqa: E402
+from resynth_index.images.decode import decode_image  # noqa: E402
+from resynth_index.models.inverters import load_inverter  # noqa: E402
+from resynth_index.models.zoo import zoo_names  # noqa: E402
 
 
 def per_item(fn, items: int, repeat: int, device) -> float:

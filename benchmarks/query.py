@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from resynth_index import Attributor  # noqa: E402
-from resynth_index.attributor import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
-from resynth_index.images import decode_image  # noqa: E402
-from resynth_index.samples import read_manifest, write_samples  # noqa: E402
+from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
+from resynth_index.images.decode import decode_image  # noqa: E402
+from resynth_index.evaluation.samples import read_manifest, write_samples  # noqa: E402
 
 
 def prompt_images(engine, prompts, outdir: Path, seed_base: int) -> list[str]:

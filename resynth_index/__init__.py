@@ -11,7 +11,7 @@ from ._torchvision_compat import ensure_torchvision_importable
 # Must run before anything imports torchvision (open_clip, timm and transformers' vision classes do).
 ensure_torchvision_importable()
 
-from .attributor import Attribution, Attributor, BuildReport, Evidence  # noqa: E402
+from .attribution.engine import Attribution, Attributor, BuildReport, Evidence  # noqa: E402
 from .config import Config, load_config  # noqa: E402
 from .errors import ConfigError, ImageError, ModelNotAvailableError, RindexError  # noqa: E402
 

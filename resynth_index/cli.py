@@ -43,7 +43,7 @@ def _device_option(f):
 
 
 def _engine(config, index, device, readonly=False):
-    from .attributor import Attributor
+    from .attribution.engine import Attributor
 
     return Attributor(config, index=index if index is not None else default_index_dir(), device=device, readonly=readonly)
 
@@ -68,7 +68,7 @@ def main() -> None:
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Use only the first N prompts.")
 def build(index, config, device, prompts, limit):
     """Precompute candidate embeddings for a prompt list (resumable: cached prompts are skipped)."""
-    from .attributor import read_prompt_file
+    from .attribution.engine import read_prompt_file
 
     try:
         with _engine(config, index, device) as engine:
@@ -130,10 +130,10 @@ def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
               help="Read image paths or JSONL objects from stdin; write JSONL as results come (README: Serving).")
 def query(images, index, config, device, fmt, no_resynth, top_k, manifest, stream):
     """Attribute images (files or directories, recursed). Misses resynthesize and write through."""
-    from .samples import read_manifest
+    from .evaluation.samples import read_manifest
 
     if stream:
-        from .stream import run_stream
+        from .serving.stream import run_stream
 
         if images or manifest:
             raise click.UsageError("--stream reads its inputs from stdin: give no IMAGES and no --manifest")
@@ -153,7 +153,7 @@ def query(images, index, config, device, fmt, no_resynth, top_k, manifest, strea
             results = engine.attribute(existing, resynthesize=not no_resynth, top_k=top_k) if existing else []
     except (RindexError, OSError, KeyError) as exc:
         _fail(exc)
-    from .attributor import Attribution
+    from .attribution.engine import Attribution
 
     results = [Attribution(path=p, error=f"{p}: no such file or directory") for p in missing] + results
     _write_results(results, fmt, truth)
@@ -215,7 +215,7 @@ def _calibration_line(cal) -> str:
 @_index_option
 def unenroll(name, index):
     """Remove every reference image of NAME from the gallery."""
-    from .gallery import Gallery
+    from .gallery.references import Gallery
 
     try:
         with Gallery(index if index is not None else default_index_dir()) as gallery:
@@ -256,7 +256,7 @@ def zoo() -> None:
 @zoo.command("list")
 def zoo_list():
     """Print the zoo generators, one per line (name first)."""
-    from .zoo import zoo_defaults, zoo_names
+    from .models.zoo import zoo_defaults, zoo_names
 
     for name in zoo_names():
         d = zoo_defaults(name)
@@ -268,7 +268,7 @@ def zoo_list():
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def zoo_export(name, directory):
     """Write zoo generator NAME as a diffusers save_pretrained DIRECTORY."""
-    from .zoo import export_zoo
+    from .models.zoo import export_zoo
 
     try:
         export_zoo(name, directory)
@@ -284,8 +284,8 @@ def zoo_export(name, directory):
 @click.option("--per-generator", type=click.IntRange(min=1), default=3, show_default=True)
 def zoo_samples(outdir, config, device, per_generator):
     """Write labelled samples (held-out prompts and seeds, no metadata) and OUTDIR/manifest.csv."""
-    from .attributor import Attributor
-    from .samples import write_samples
+    from .attribution.engine import Attributor
+    from .evaluation.samples import write_samples
 
     try:
         engine = Attributor(config, device=device)
@@ -317,7 +317,7 @@ def serve(index, config, device, host, port, miss_policy, log_level, builder, on
     index = index if index is not None else default_index_dir()
     try:
         if builder:
-            from .service import run_builder
+            from .serving.service import run_builder
 
             logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
             built = run_builder(config, index=index, device=device, once=once, interval=interval,
@@ -325,7 +325,7 @@ def serve(index, config, device, host, port, miss_policy, log_level, builder, on
             click.echo(f"builder: built {built} prompt(s)", err=True)
             return
         try:
-            from .server import serve as run_server
+            from .serving.http import serve as run_server
         except ImportError as exc:
             _fail(RindexError(f"rindex serve needs the serve extra: pip install 'resynth-index[serve]' ({exc})"))
 
@@ -380,8 +380,8 @@ def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held
 
     Without --index every variant gets a fresh index under OUT/index (the user's cache is never touched).
     """
-    from .evaluation import EvalOptions, run_evaluation
-    from .report import accuracy_table
+    from .evaluation.benchmark import EvalOptions, run_evaluation
+    from .evaluation.report import accuracy_table
 
     opts = EvalOptions(
         per_generator=per_generator, transforms=transforms, gammas=tuple(gammas or ()), held_out=held_out,

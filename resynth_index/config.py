@@ -102,7 +102,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .generators import GeneratorSettings
 
 INDEX_ENV_VAR = "RINDEX_INDEX"
 DEFAULT_INDEX_DIR = "cache"
@@ -192,6 +191,63 @@ class GalleryConfig:
     patches: int = 8
 
 
+GENERATOR_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """How to load and sample one candidate generator. Only ``name`` is required.
+
+    An empty ``source`` makes a **gallery-only** generator: nothing to run, attributed from its enrolled
+    reference images (``rindex enroll``) alone.
+
+    ``source`` is a hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``), a local ``save_pretrained``
+    directory, or ``"zoo:NAME"``. ``steps``/``guidance``/``height``/``width`` left at None take the zoo entry's
+    defaults (or those an exported zoo directory carries), else 25 steps, guidance 7.5 and the pipeline's own
+    size. ``scheduler`` is a diffusers scheduler class name (``"DPMSolverMultistepScheduler"``) built from the
+    pipeline's scheduler config; None keeps the pipeline's. ``dtype`` ``auto`` means bf16/fp16 on CUDA, fp32 on
+    CPU. ``batch_size`` is how many images one pipeline call makes (it never changes the images).
+    """
+
+    name: str
+    source: str = ""
+    steps: int | None = None
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    scheduler: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        label = f"generator {self.name!r}" if isinstance(self.name, str) and self.name else "generator"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("generator: 'name' must be a non-empty string")
+        if not isinstance(self.source, str):
+            raise ConfigError(f"{label}: 'source' must be a string (hub id, directory, zoo:NAME, or empty)")
+        for key in ("steps", "height", "width"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{label}: '{key}' must be a positive integer, got {value!r}")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None and value % 8:
+                raise ConfigError(f"{label}: '{key}' must be a multiple of 8, got {value}")
+        if self.guidance is not None and (
+            isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0
+        ):
+            raise ConfigError(f"{label}: 'guidance' must be a number >= 0, got {self.guidance!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ConfigError(f"{label}: 'batch_size' must be a positive integer, got {self.batch_size!r}")
+        if self.dtype not in GENERATOR_DTYPES:
+            raise ConfigError(f"{label}: 'dtype' must be one of {', '.join(GENERATOR_DTYPES)}; got {self.dtype!r}")
+        for key in ("scheduler", "revision"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{label}: '{key}' must be a non-empty string or absent, got {value!r}")
+
+
 ZOO_DEFAULT_GENERATORS = ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart")
 
 
@@ -226,7 +282,7 @@ _CHOICES = {
     "scoring.mode": ("restricted", "unrestricted", "both"),
     "scoring.aggregate": ("max", "mean", "knn", "softmax"),
     "scoring.distance": ("cosine", "euclidean"),
-    "generators.dtype": ("auto", "float32", "float16", "bfloat16"),
+    "generators.dtype": GENERATOR_DTYPES,
     "serve.miss_policy": ("queue", "inline"),
     "gallery.fingerprint": ("spectrum", "bitplane", "none"),
 }

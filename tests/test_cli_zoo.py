@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from resynth_index.zoo import zoo_names
+from resynth_index.models.zoo import zoo_names
 
 
 def rindex(*args, **kw):

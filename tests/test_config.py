@@ -77,7 +77,7 @@ def test_dict_and_partial_tables_keep_other_defaults():
 
 
 def test_a_generator_without_source_is_gallery_only():
-    from resynth_index.generators import load_generator
+    from resynth_index.models.generators import load_generator
 
     config = load_config({"generators": [{"name": "vendor-x"}, {"name": "sd", "source": "zoo:tiny-sd"}]})
     assert config.generator("vendor-x").source == ""

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import resynth_index  # noqa: E402,F401
-from resynth_index.prompt_embedders import load_prompt_embedder  # noqa: E402
-from resynth_index.prompts import normalize_prompt  # noqa: E402
+from resynth_index.models.prompt_embedders import load_prompt_embedder  # noqa: E402
+from resynth_index.store.keys import normalize_prompt  # noqa: E402
 
 DEFAULT_SET = Path(resynth_index.__file__).resolve().parent / "data" / "paraphrases.tsv"
 

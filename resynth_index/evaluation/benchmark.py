@@ -1,0 +1,674 @@
+"""``rindex eval``: measure attribution accuracy the way the papers do, on a labelled held-out benchmark.
+
+The flow::
+
+    benchmark   N images per configured generator, held-out prompts and seeds (samples.write_samples),
+                manifest.csv (file, generator, prompt, seed); some generators may be *held out* of the index
+                to test open-set rejection
+    conditions  clean + each robustness transform of seed 000 (transforms.py), applied to the queries only
+    variants    ours (the config as given) and the baselines, each with its own index directory:
+                  seed002  caption-style ranking: gamma regenerations, final-layer embedding, cosine, mean,
+                           restricted to the prompt's candidates
+                  seed000  one resynthesis, euclidean argmin (max of negative distance), restricted
+                  fewshot  k-shot nearest neighbour on the embedder, gallery = k reference images per generator
+                ours is also run clean at every gamma of the gamma sweep (its own index per gamma)
+    queries     one at a time per engine variant (a stream: later queries may hit what earlier ones wrote
+                through); every model is loaded before timing starts; few-shot embeds a condition in one batch
+    metrics     top-1/top-3, per-generator accuracy, confusion matrix, macro one-vs-rest ROC-AUC over the known
+                generators, open-set AUROC and TPR at 5% FPR (known vs held-out, confidence = the top score),
+                generations per query, cache hit rate, seconds per query
+    report      report.py: report.json, report.md, PNG plots, index.html
+
+All metrics are plain functions of (truth, prediction, scores) lists so that they can be tested against
+hand-computed cases. Closed-set metrics use only queries whose true generator is indexed; the open-set metrics
+use all queries.
+
+Example::
+
+    from resynth_index.evaluation.benchmark import EvalOptions, run_evaluation
+    result = run_evaluation(None, "eval-out", EvalOptions(per_generator=4, transforms="jpeg,blur"))
+    print(result["variants"]["ours"]["conditions"]["clean"]["top1"])
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..config import Config, load_config
+from ..errors import ConfigError
+from ..attribution.scoring import UNKNOWN
+from .transforms import Transform, parse_transforms
+
+CLEAN = "clean"
+FEWSHOT_SEED_BASE = 2_000_003  # gallery seeds: far from sample seeds (1_000_003 + ...) and candidate seeds (>= 2**32)
+BASELINES = ("seed002", "seed000", "fewshot")
+
+
+# ================================================================================================ metrics
+def ranked(scores: Mapping[str, float]) -> list[str]:
+    """Generators by decreasing score (ties: by name, for determinism)."""
+    return [g for g, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def topk_accuracy(truths: Sequence[str], scores: Sequence[Mapping[str, float]], k: int) -> float | None:
+    """Fraction of queries whose true generator is among the ``k`` best-scored ones."""
+    if not truths:
+        return None
+    return sum(t in ranked(s)[:k] for t, s in zip(truths, scores)) / len(truths)
+
+
+def accuracy(truths: Sequence[str], predictions: Sequence[str]) -> float | None:
+    """Fraction of predictions equal to the truth (an ``unknown`` prediction is wrong for a known query)."""
+    if not truths:
+        return None
+    return sum(t == p for t, p in zip(truths, predictions)) / len(truths)
+
+
+def per_class_accuracy(truths: Sequence[str], predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float | None]:
+    out = {}
+    for g in labels:
+        idx = [i for i, t in enumerate(truths) if t == g]
+        out[g] = sum(predictions[i] == g for i in idx) / len(idx) if idx else None
+    return out
+
+
+def confusion_matrix(truths: Sequence[str], predictions: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """Rows = true generator (``labels``), columns = predicted (``labels`` + ``unknown`` for anything else)."""
+    columns = list(labels) + [UNKNOWN]
+    matrix = np.zeros((len(labels), len(columns)), dtype=int)
+    for t, p in zip(truths, predictions):
+        if t in labels:
+            matrix[labels.index(t), columns.index(p) if p in labels else len(labels)] += 1
+    return {"rows": list(labels), "columns": columns, "matrix": matrix.tolist()}
+
+
+def binary_auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    """ROC-AUC of scores where ``positive`` should score higher (ties count half); None without both classes."""
+    if not len(positive) or not len(negative):
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    return float(roc_auc_score(y, np.r_[np.asarray(positive, float), np.asarray(negative, float)]))
+
+
+def macro_roc_auc(truths: Sequence[str], scores: Sequence[Mapping[str, float]], labels: Sequence[str]) -> float | None:
+    """Mean over ``labels`` of the one-vs-rest ROC-AUC of that generator's score (classes lacking positives or
+    negatives are skipped). A query without a score for a generator counts as -inf for it."""
+    aucs = []
+    for g in labels:
+        s = [float(sc.get(g, -np.inf)) for sc in scores]
+        s = np.nan_to_num(np.asarray(s, float), neginf=-1e30)
+        pos = [v for v, t in zip(s, truths) if t == g]
+        neg = [v for v, t in zip(s, truths) if t != g]
+        a = binary_auroc(pos, neg)
+        if a is not None:
+            aucs.append(a)
+    return float(np.mean(aucs)) if aucs else None
+
+
+def _operating_point(positive, negative, max_fpr: float) -> tuple[float, float] | None:
+    """(best TPR, its threshold) over thresholds whose false-positive rate is at most ``max_fpr``
+    (accept = score >= threshold); None without both classes."""
+    if not len(positive) or not len(negative):
+        return None
+    from sklearn.metrics import roc_curve
+
+    y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    fpr, tpr, thr = roc_curve(y, np.r_[np.asarray(positive, float), np.asarray(negative, float)], drop_intermediate=False)
+    ok = np.flatnonzero(fpr <= max_fpr + 1e-12)  # roc_curve always starts at fpr 0 (threshold +inf)
+    best = ok[np.argmax(tpr[ok])]
+    return float(tpr[best]), float(thr[best])
+
+
+def tpr_at_fpr(positive: Sequence[float], negative: Sequence[float], max_fpr: float = 0.05) -> float | None:
+    """The best true-positive rate over thresholds whose false-positive rate is at most ``max_fpr``
+    (accept = score >= threshold)."""
+    point = _operating_point(positive, negative, max_fpr)
+    return None if point is None else point[0]
+
+
+def open_set_metrics(known_conf: Sequence[float], unknown_conf: Sequence[float], max_fpr: float = 0.05) -> dict[str, Any]:
+    """Known (indexed) queries vs held-out ones, each scored by its top score. ``threshold_at_{N}fpr`` is the
+    top-score cut-off of that operating point: use it as ``scoring.unknown_threshold`` to say "unknown" there."""
+    point = _operating_point(known_conf, unknown_conf, max_fpr)
+    pct = round(max_fpr * 100)
+    return {
+        "auroc": binary_auroc(known_conf, unknown_conf),
+        f"tpr_at_{pct}fpr": None if point is None else point[0],
+        f"threshold_at_{pct}fpr": None if point is None else point[1],
+        "n_known": len(known_conf),
+        "n_unknown": len(unknown_conf),
+    }
+
+
+def condition_metrics(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
+    """Every metric of one (variant, condition) from its per-query records.
+
+    A record has ``truth``, ``prediction``, ``scores`` (generator -> score), and optionally ``cache``
+    (hit|near|miss), ``error``. ``labels`` are the indexed (known) generators. Timings and generation counts are
+    added by the caller.
+    """
+    ok = [r for r in records if not r.get("error")]
+    known = [r for r in ok if r["truth"] in labels]
+    unknown = [r for r in ok if r["truth"] not in labels]
+    truths = [r["truth"] for r in known]
+    preds = [r["prediction"] for r in known]
+    scores = [r["scores"] for r in known]
+    conf = lambda rs: [max(r["scores"].values()) if r["scores"] else -1e30 for r in rs]  # noqa: E731
+    caches = [r.get("cache") for r in ok if r.get("cache")]
+    out = {
+        "n": len(records),
+        "n_known": len(known),
+        "errors": len(records) - len(ok),
+        "top1": accuracy(truths, preds),
+        "top3": topk_accuracy(truths, scores, 3),
+        "per_generator": per_class_accuracy(truths, preds, labels),
+        "confusion": confusion_matrix(truths, preds, list(labels)),
+        "macro_roc_auc": macro_roc_auc(truths, scores, labels),
+        "open_set": open_set_metrics(conf(known), conf(unknown)),
+    }
+    if caches:
+        counts = {s: caches.count(s) for s in ("hit", "near", "miss")}
+        out["cache"] = {**counts, "hit_rate": (counts["hit"] + counts["near"]) / len(caches)}
+    return out
+
+
+# ================================================================================================ benchmark
+@dataclass(frozen=True)
+class BenchmarkItem:
+    file: str
+    generator: str
+    prompt: str
+    seed: int
+
+
+def build_benchmark(attributor, outdir: str | Path, *, per_generator: int, generators: Sequence[str] | None = None) -> Path:
+    """Write the benchmark (held-out prompts and seeds, hashed names, no metadata) and return its manifest.
+
+    It is :func:`samples.write_samples`: prompts from ``data/sample_prompts.txt`` (never in the packaged build
+    list), seeds from ``SAMPLE_SEED_BASE`` (never a candidate seed).
+    """
+    from .samples import write_samples
+
+    gens = [attributor.config.generator(n) for n in generators] if generators else None
+    return write_samples(attributor, outdir, per_generator=per_generator, generators=gens)
+
+
+def read_benchmark(manifest: str | Path) -> list[BenchmarkItem]:
+    with Path(manifest).open(newline="", encoding="utf-8") as fh:
+        return [BenchmarkItem(r["file"], r["generator"], r.get("prompt", ""), int(r.get("seed") or 0)) for r in csv.DictReader(fh)]
+
+
+# ================================================================================================ variants
+def restrict_generators(config: Config, names: Sequence[str]) -> Config:
+    return dataclasses.replace(config, generators=tuple(g for g in config.generators if g.name in names))
+
+
+def seed002_config(config: Config, gamma: int = 4) -> Config:
+    """Seed 002: γ regenerations, the embedder's final layer, cosine, mean over candidates, restricted."""
+    return dataclasses.replace(
+        config,
+        resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma),
+        embedder=dataclasses.replace(config.embedder, layer=0),
+        scoring=dataclasses.replace(config.scoring, mode="restricted", aggregate="mean", distance="cosine"),
+    )
+
+
+def seed000_config(config: Config) -> Config:
+    """Seed 000: one resynthesis, euclidean distance, argmin (= max of the negative distance), restricted."""
+    return dataclasses.replace(
+        config,
+        resynthesis=dataclasses.replace(config.resynthesis, gamma=1),
+        scoring=dataclasses.replace(config.scoring, mode="restricted", aggregate="max", distance="euclidean"),
+    )
+
+
+def with_gamma(config: Config, gamma: int) -> Config:
+    return dataclasses.replace(config, resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma))
+
+
+@dataclass
+class EvalOptions:
+    """What ``rindex eval`` measures; the defaults keep the embedded default under 15 minutes on 2 CPU cores."""
+
+    per_generator: int = 8
+    transforms: str | Sequence[Transform] | None = "all"
+    gammas: Sequence[int] = (1, 2, 4)
+    held_out: Sequence[str] | str | None = "auto"  # "auto": the last generator when 3 or more are configured
+    build_limit: int = 24  # packaged prompts precomputed into every index whose scoring uses the whole index
+    shots: Sequence[int] = (1, 5, 10)
+    baselines: Sequence[str] = BASELINES
+    seed002_gamma: int = 4
+    html: bool = True
+    benchmark: str | Path | None = None  # an existing manifest.csv (its images beside it) instead of building
+    progress: bool = True
+
+
+def _log(opts: EvalOptions, msg: str) -> None:
+    if opts.progress:
+        print(f"[eval] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_held_out(config: Config, held_out: Sequence[str] | str | None) -> list[str]:
+    names = [g.name for g in config.generators]
+    if held_out in (None, "none", ""):
+        return []
+    if held_out == "auto":
+        return [names[-1]] if len(names) >= 3 else []
+    chosen = [h.strip() for h in (held_out.split(",") if isinstance(held_out, str) else held_out) if h.strip()]
+    for h in chosen:
+        if h not in names:
+            raise ConfigError(f"held-out generator {h!r} is not configured (configured: {', '.join(names)})")
+    if len(chosen) >= len(names):
+        raise ConfigError("at least one generator must stay indexed")
+    return chosen
+
+
+def _warm(engine) -> None:
+    """Load every model before anything is timed (load time is reported separately)."""
+    engine.embedder.embed([Image.new("RGB", (64, 64))])
+    engine.inverter
+    engine.cache
+    for g in engine.config.generators:
+        engine.generator(g.name)
+
+
+def _engine_records(engine, images: Sequence[Image.Image], truths: Sequence[str], files: Sequence[str]):
+    """Attribute the queries one at a time, as a moderation stream would: each query sees the cache its
+    predecessors wrote through, so hit rate and seconds per query are per-request figures."""
+    generated_before = engine.images_generated
+    t0 = time.perf_counter()
+    results = [r for im in images for r in engine.attribute(im, resynthesize=True, top_k=1)]
+    seconds = time.perf_counter() - t0
+    records = []
+    for r, truth, f in zip(results, truths, files):
+        rec = {"file": f, "truth": truth, "prediction": r.prediction, "scores": dict(r.scores), "cache": r.cache,
+               "prompt": r.prompt}
+        if r.error:
+            rec["error"] = r.error
+        records.append(rec)
+    return records, results, seconds, engine.images_generated - generated_before
+
+
+def _finish(metrics: dict, records, seconds: float, generations: int, extra: Mapping[str, Any] | None = None) -> dict:
+    n = max(1, len(records))
+    metrics["seconds_per_query"] = seconds / n
+    metrics["generations_per_query"] = generations / n
+    metrics.update(extra or {})
+    metrics["records"] = records
+    return metrics
+
+
+def _transformed(images: Sequence[Image.Image], t: Transform) -> list[Image.Image]:
+    return [t(im, seed=i) for i, im in enumerate(images)]
+
+
+def run_engine_variant(
+    name: str,
+    config: Config,
+    index_dir: Path,
+    conditions: Mapping[str, Sequence[Image.Image]],
+    truths: Sequence[str],
+    files: Sequence[str],
+    *,
+    device: str | None,
+    build_prompts: Sequence[str],
+    share_from=None,
+    opts: EvalOptions,
+    keep_results: bool = False,
+):
+    """Build (when the scoring reads the whole index) and query every condition with one engine variant."""
+    from ..attribution.engine import Attributor
+
+    labels = [g.name for g in config.generators]
+    out: dict[str, Any] = {"config": _config_summary(config), "index": str(index_dir), "conditions": {}}
+    engine = Attributor(config, index=index_dir, device=device)
+    if share_from is not None:
+        engine.share_models_from(share_from)
+    kept = None
+    try:
+        t0 = time.perf_counter()
+        _warm(engine)
+        out["load_seconds"] = time.perf_counter() - t0
+        build_seconds, build_images = 0.0, 0
+        if config.scoring.mode != "restricted" and build_prompts:
+            _log(opts, f"{name}: building {len(build_prompts)} prompt(s) into {index_dir}")
+            report = engine.build(build_prompts, progress=False)
+            build_seconds, build_images = report.seconds, report.images
+        out["build"] = {"prompts": len(build_prompts) if build_seconds or build_images else 0,
+                        "seconds": build_seconds, "images": build_images}
+        for cond, images in conditions.items():
+            records, results, seconds, gens = _engine_records(engine, images, truths, files)
+            out["conditions"][cond] = _finish(condition_metrics(records, labels), records, seconds, gens)
+            if keep_results and cond == CLEAN:
+                kept = results
+            m = out["conditions"][cond]
+            _log(opts, f"{name} [{cond}]: top-1 {_pct(m['top1'])}, {m['seconds_per_query']:.2f} s/query, "
+                       f"{m['generations_per_query']:.2f} generations/query")
+    finally:
+        if not keep_results:
+            engine.close()
+    return (out, engine, kept) if keep_results else (out, engine, None)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _config_summary(config: Config) -> dict[str, Any]:
+    return {
+        "generators": [g.name for g in config.generators],
+        "gamma": config.resynthesis.gamma,
+        "embedder": f"{config.embedder.kind}{'' if config.embedder.layer < 0 else f' layer {config.embedder.layer}'}",
+        "mode": config.scoring.mode,
+        "aggregate": config.scoring.aggregate,
+        "distance": config.scoring.distance,
+    }
+
+
+def gallery_images(engine, generators: Sequence[str], shots: int, prompts: Sequence[str]) -> dict[str, list[Image.Image]]:
+    """``shots`` reference images per generator: gallery prompts (the packaged build list, never a benchmark
+    prompt) and seeds from :data:`FEWSHOT_SEED_BASE` (never a benchmark seed)."""
+    out = {}
+    for gi, g in enumerate(generators):
+        chosen = [prompts[k % len(prompts)] for k in range(shots)]
+        seeds = [FEWSHOT_SEED_BASE + gi * 1000 + k for k in range(shots)]
+        out[g] = engine.generator(g).generate(chosen, seeds)
+    return out
+
+
+def retrieval_metrics(sims: np.ndarray, truths: Sequence[str], ref_labels: Sequence[str]) -> dict[str, float]:
+    """Seed 001's retrieval view: Rank-1 = the nearest reference's generator is right; mAP = the mean over
+    queries of the average precision of the ranked references (relevant: the query's generator)."""
+    from sklearn.metrics import average_precision_score
+
+    ref_labels = np.asarray(ref_labels)
+    rank1 = [ref_labels[int(np.argmax(row))] == t for row, t in zip(sims, truths)]
+    aps = [average_precision_score(ref_labels == t, row) for row, t in zip(sims, truths)]
+    return {"rank1": float(np.mean(rank1)), "map": float(np.mean(aps))}
+
+
+def generator_ranking_metrics(scores: Sequence[Mapping[str, float]], truths: Sequence[str]) -> dict[str, float]:
+    """Rank-1 and mAP of a per-generator score ranking (one relevant generator: AP = 1 / its rank)."""
+    rank1, aps = [], []
+    for s, t in zip(scores, truths):
+        order = ranked(s)
+        rank1.append(bool(order) and order[0] == t)
+        aps.append(1.0 / (order.index(t) + 1) if t in order else 0.0)
+    return {"rank1": float(np.mean(rank1)), "map": float(np.mean(aps))}
+
+
+def run_retrieval(engine, gallery: Mapping[str, Sequence[Image.Image]], images, truths, labels, shots_list,
+                  ours_results, opts: EvalOptions) -> dict[str, Any]:
+    """Rank-1 / mAP at each shot count for the reference gallery alone (embedder, spectrum and bit-plane
+    features), for resynthesis alone, and fused: the engine itself with the first ``shots`` references of
+    each indexed generator enrolled (clean queries; held-out generators are never enrolled)."""
+    from ..models.fingerprints import load_fingerprint
+    from ..gallery.references import real_set
+
+    gc = engine.config.gallery
+    known = [i for i, t in enumerate(truths) if t in labels]
+    unseen = [i for i, t in enumerate(truths) if t not in labels]
+    q_images, q_truths = [images[i] for i in known], [truths[i] for i in known]
+    spectrum = load_fingerprint("spectrum", window=gc.window, patches=gc.patches)
+    bitplane = load_fingerprint("bitplane", backbone=gc.backbone, layer=gc.layer, bits=gc.bits, patch=gc.patch,
+                                patches=gc.patches, device=engine.device)
+    extractors = {  # method -> (feature id, function, centred on the real prototype like the engine's fingerprints)
+        f"gallery: embedder ({engine.embedder.id})": (engine.embedder.id, engine.embedder.embed, False),
+        "gallery: spectrum": (spectrum.id, spectrum.extract, True),
+        "gallery: bit planes (LIDA)": (bitplane.id, bitplane.extract, True),
+    }
+    out: dict[str, Any] = {"shots": list(shots_list), "rows": [], "open_set": []}
+    for method, (fid, fn, centred) in extractors.items():
+        centre = real_set(engine.gallery, fid, fn)[1].mean(axis=0) if centred else 0.0
+        unit = lambda v: (v - centre) / np.linalg.norm(v - centre, axis=1, keepdims=True)  # noqa: E731
+        q = unit(np.asarray(fn(q_images), np.float32))
+        refs = {g: unit(np.asarray(fn(list(gallery[g])), np.float32)) for g in labels}
+        for s in shots_list:
+            ref_vecs = np.concatenate([refs[g][:s] for g in labels])
+            ref_labels = [g for g in labels for _ in range(min(s, len(refs[g])))]
+            out["rows"].append({"method": method, "shots": s, **retrieval_metrics(q @ ref_vecs.T, q_truths, ref_labels)})
+    resynth = generator_ranking_metrics([ours_results[i].scores for i in known], q_truths)
+    for s in shots_list:
+        out["rows"].append({"method": "resynthesis (ours)", "shots": s, **resynth})
+    enrolled = 0
+    for s in shots_list:
+        for g in labels:
+            engine.enroll(g, [_png_bytes(im) for im in gallery[g][enrolled:s]])
+        enrolled = s
+        results = engine.attribute(list(images), top_k=1)
+        fused = generator_ranking_metrics([results[i].scores for i in known], q_truths)
+        out["rows"].append({"method": f"fused (resynthesis + gallery, {gc.fingerprint})", "shots": s, **fused})
+        cal = engine.gallery_view().calibration
+        out["open_set"].append({
+            "shots": s,
+            "known_correct": float(np.mean([results[i].prediction == truths[i] for i in known])),
+            "known_unknown": float(np.mean([results[i].prediction == "unknown" for i in known])),
+            "known_real": float(np.mean([results[i].prediction == "real" for i in known])),
+            "held_out_unknown": float(np.mean([results[i].prediction == "unknown" for i in unseen])) if unseen else None,
+            "calibration": cal.to_dict() if cal is not None else None,
+        })
+        _log(opts, f"retrieval {s}-shot: fused Rank-1 {_pct(fused['rank1'])}, mAP {fused['map']:.3f}")
+    return out
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fewshot_scores(query_vectors: np.ndarray, gallery: Mapping[str, np.ndarray], shots: int) -> list[dict[str, float]]:
+    """Nearest-neighbour cosine of each query to each generator's first ``shots`` references."""
+    return [{g: float((v[:shots] @ q).max()) for g, v in gallery.items()} for q in np.asarray(query_vectors)]
+
+
+def run_fewshot(engine, gallery, conditions, truths, files, labels, shots_list, opts: EvalOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for shots in shots_list:
+        out[str(shots)] = {"config": {"shots": shots, "embedder": engine.embedder.id}, "conditions": {}}
+    for cond, images in conditions.items():
+        t0 = time.perf_counter()
+        q = engine.embedder.embed(list(images))
+        embed_seconds = time.perf_counter() - t0
+        for shots in shots_list:
+            t1 = time.perf_counter()
+            scores = fewshot_scores(q, gallery, shots)
+            seconds = embed_seconds + time.perf_counter() - t1
+            records = [{"file": f, "truth": t, "prediction": ranked(s)[0], "scores": s} for f, t, s in zip(files, truths, scores)]
+            out[str(shots)]["conditions"][cond] = _finish(condition_metrics(records, labels), records, seconds, 0)
+        _log(opts, f"fewshot [{cond}]: " + ", ".join(
+            f"{s}-shot {_pct(out[str(s)]['conditions'][cond]['top1'])}" for s in shots_list))
+    return out
+
+
+def nearest_candidates(engine, results, labels: Sequence[str], max_side: int = 128) -> list[dict[str, Any]]:
+    """Per query, per generator, the best evidence item and its image, regenerated from its (prompt, seed) with
+    that generator (candidates are stored as vectors only); identical requests are generated once."""
+    wanted: dict[str, set] = {g: set() for g in labels}
+    best = []
+    for r in results:
+        per = {}
+        for g in labels:
+            ev = max(r.evidence.get(g, []), key=lambda e: e.score, default=None)
+            if ev is not None:
+                per[g] = ev
+                wanted[g].add((ev.prompt, ev.seed))
+        best.append(per)
+    images: dict[tuple, Image.Image] = {}
+    for g, pairs in wanted.items():
+        pairs = sorted(pairs)
+        if pairs:
+            for (p, s), im in zip(pairs, engine.generator(g).generate([p for p, _ in pairs], [s for _, s in pairs])):
+                im = im.convert("RGB")
+                im.thumbnail((max_side, max_side))
+                images[(g, p, s)] = im
+    return [
+        {g: {"score": ev.score, "prompt": ev.prompt, "seed": ev.seed, "kind": ev.kind,
+             "image": images.get((g, ev.prompt, ev.seed))} for g, ev in per.items()}
+        for per in best
+    ]
+
+
+# ================================================================================================ the run
+def run_evaluation(
+    config: str | Path | Mapping | Config | None,
+    out_dir: str | Path,
+    opts: EvalOptions | None = None,
+    *,
+    index_dir: str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Run the whole evaluation and write the report into ``out_dir``; returns the report's data (JSON-able
+    except ``html`` rows, which the report writer consumes)."""
+    from ..attribution.engine import PACKAGED_PROMPTS, Attributor, read_prompt_file
+    from .report import write_report
+
+    opts = opts or EvalOptions()
+    wall0 = time.perf_counter()
+    config = load_config(config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if index_dir is None:
+        index_dir = out_dir / "index"
+        if index_dir.exists():  # ours: a fresh index each run, so that timings and hit rates are comparable
+            shutil.rmtree(index_dir)
+    index_dir = Path(index_dir)
+    transforms = parse_transforms(opts.transforms) if isinstance(opts.transforms, str) or opts.transforms is None else list(opts.transforms)
+    unknown_baselines = set(opts.baselines) - set(BASELINES)
+    if unknown_baselines:
+        raise ConfigError(f"unknown baseline(s) {', '.join(sorted(unknown_baselines))}; choose from {', '.join(BASELINES)}")
+    gammas = sorted({int(g) for g in opts.gammas} | {config.resynthesis.gamma})
+    held_out = resolve_held_out(config, opts.held_out)
+    labels = [g.name for g in config.generators if g.name not in held_out]
+    known_config = restrict_generators(config, labels)
+
+    # ---- benchmark
+    bench_engine = Attributor(config, index=index_dir / "_unused", device=device)
+    if opts.benchmark:
+        manifest = Path(opts.benchmark)
+        if manifest.is_dir():
+            manifest = manifest / "manifest.csv"
+        _log(opts, f"benchmark: reading {manifest}")
+    else:
+        _log(opts, f"benchmark: {opts.per_generator} image(s) x {len(config.generators)} generator(s)")
+        t0 = time.perf_counter()
+        manifest = build_benchmark(bench_engine, out_dir / "benchmark", per_generator=opts.per_generator)
+        _log(opts, f"benchmark written in {time.perf_counter() - t0:.1f}s: {manifest}")
+    items = read_benchmark(manifest)
+    if not items:
+        raise ConfigError(f"{manifest}: the benchmark is empty")
+    images = []
+    for it in items:
+        with Image.open(manifest.parent / it.file) as im:
+            images.append(im.convert("RGB"))
+    truths = [it.generator for it in items]
+    files = [it.file for it in items]
+    conditions: dict[str, list[Image.Image]] = {CLEAN: images}
+    for t in transforms:
+        conditions[t.label] = _transformed(images, t)
+    build_prompts = read_prompt_file(config.build.prompts or PACKAGED_PROMPTS)[: opts.build_limit] if opts.build_limit else []
+
+    result: dict[str, Any] = {
+        "benchmark": {"manifest": str(manifest), "queries": len(items), "per_generator": opts.per_generator,
+                      "generators": sorted(set(truths)), "indexed": labels, "held_out": held_out},
+        "conditions": list(conditions),
+        "transforms": {t.label: {"name": t.name, "params": t.full_params} for t in transforms},
+        "variants": {},
+        "gamma_sweep": [],
+        "fewshot": {},
+    }
+
+    # ---- ours, every condition
+    base_gamma = config.resynthesis.gamma
+    ours, ours_engine, ours_results = run_engine_variant(
+        "ours", known_config, index_dir / f"ours-g{base_gamma}", conditions, truths, files, device=device,
+        build_prompts=build_prompts, share_from=bench_engine, opts=opts, keep_results=True)
+    result["variants"]["ours"] = ours
+    try:
+        # ---- γ sweep (clean)
+        for g in gammas:
+            if g == base_gamma:
+                m = ours["conditions"][CLEAN]
+                build = ours["build"]
+            else:
+                v, _, _ = run_engine_variant(
+                    f"ours γ={g}", with_gamma(known_config, g), index_dir / f"ours-g{g}", {CLEAN: images}, truths,
+                    files, device=device, build_prompts=build_prompts, share_from=ours_engine, opts=opts)
+                m, build = v["conditions"][CLEAN], v["build"]
+            result["gamma_sweep"].append({
+                "gamma": g, "top1": m["top1"], "top3": m["top3"], "seconds_per_query": m["seconds_per_query"],
+                "generations_per_query": m["generations_per_query"], "build_seconds": build["seconds"],
+                "build_seconds_per_prompt": build["seconds"] / build["prompts"] if build.get("prompts") else None,
+            })
+
+        # ---- baselines
+        if "seed002" in opts.baselines:
+            v, _, _ = run_engine_variant(
+                "seed002", seed002_config(known_config, opts.seed002_gamma), index_dir / "seed002", conditions,
+                truths, files, device=device, build_prompts=[], share_from=ours_engine, opts=opts)
+            result["variants"]["seed002"] = v
+        if "seed000" in opts.baselines:
+            v, _, _ = run_engine_variant(
+                "seed000", seed000_config(known_config), index_dir / "seed000", conditions, truths, files,
+                device=device, build_prompts=[], share_from=ours_engine, opts=opts)
+            result["variants"]["seed000"] = v
+        if "fewshot" in opts.baselines and opts.shots:
+            shots = sorted({int(s) for s in opts.shots})
+            gallery_prompts = read_prompt_file(PACKAGED_PROMPTS)
+            t0 = time.perf_counter()
+            refs = gallery_images(ours_engine, labels, shots[-1], gallery_prompts)
+            gallery = {g: ours_engine.embedder.embed(ims) for g, ims in refs.items()}
+            _log(opts, f"fewshot: gallery of {shots[-1]} per generator in {time.perf_counter() - t0:.1f}s")
+            for s, v in run_fewshot(ours_engine, gallery, conditions, truths, files, labels, shots, opts).items():
+                result["variants"][f"fewshot-{s}"] = v
+            result["fewshot"] = {
+                "shots": shots,
+                "top1_clean": [result["variants"][f"fewshot-{s}"]["conditions"][CLEAN]["top1"] for s in shots],
+            }
+            t0 = time.perf_counter()
+            result["retrieval"] = run_retrieval(ours_engine, refs, images, truths, labels, shots, ours_results, opts)
+            _log(opts, f"retrieval and fusion measured in {time.perf_counter() - t0:.1f}s")
+
+        # ---- per-query evidence for the HTML page (ours, clean)
+        html_rows = []
+        if opts.html:
+            t0 = time.perf_counter()
+            cands = nearest_candidates(ours_engine, ours_results, labels)
+            for it, img, res, cand in zip(items, images, ours_results, cands):
+                html_rows.append({"file": it.file, "truth": it.generator, "prompt_true": it.prompt,
+                                  "prediction": res.prediction, "scores": dict(res.scores), "prompt": res.prompt,
+                                  "cache": res.cache, "image": img, "candidates": cand})
+            _log(opts, f"html: nearest candidates regenerated in {time.perf_counter() - t0:.1f}s")
+    finally:
+        ours_engine.close()
+
+    result["wall_seconds"] = time.perf_counter() - wall0
+    result["machine"] = machine_description(device or config.device)
+    write_report(result, out_dir, html_rows=html_rows)
+    result["wall_seconds_with_report"] = time.perf_counter() - wall0
+    _log(opts, f"report written to {out_dir} in {result['wall_seconds_with_report']:.0f}s total")
+    return result
+
+
+def machine_description(device: str | None) -> str:
+    import os
+    import platform
+
+    import torch
+
+    dev = "GPU " + torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu" else "no GPU"
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, {dev}, Python {platform.python_version()}, torch {torch.__version__}"

@@ -1,0 +1,205 @@
+"""Prompts that files carry in their metadata: A1111/Forge ``parameters``, ComfyUI ``prompt`` graphs and
+``workflow`` JSON, and EXIF comments. Pure parsing of the text :func:`~resynth_index.images.decode.decode_image`
+collected; no model is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping
+
+
+def collapse_whitespace(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+_A1111_STOP = re.compile(r"^\s*(Negative prompt:|Steps:\s*\d)", re.IGNORECASE)
+
+# ComfyUI: node inputs that carry conditioning towards a sampler, and the text inputs of encoders.
+_COND_INPUTS = ("positive", "conditioning", "conditioning_to", "conditioning_1", "conditioning_from",
+                "conditioning_2", "cond", "base_positive")
+_TEXT_INPUTS = ("text", "text_g", "t5xxl", "clip_l", "text_l", "prompt", "string", "value", "text_positive",
+                "positive_prompt", "wildcard_text", "populated_text")
+
+
+def parse_a1111_parameters(text: str) -> str | None:
+    """The positive prompt of an A1111/Forge ``parameters`` text: every line before the first
+    ``Negative prompt:`` line or the ``Steps: N, Sampler: ...`` settings line. None if that is empty."""
+    if not text:
+        return None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    kept: list[str] = []
+    for line in lines:
+        if _A1111_STOP.match(line):
+            break
+        kept.append(line)
+    prompt = "\n".join(kept).strip()
+    return prompt or None
+
+
+def _looks_like_a1111(text: str) -> bool:
+    return bool(re.search(r"^\s*(Negative prompt:|Steps:\s*\d)", text, re.IGNORECASE | re.MULTILINE))
+
+
+def parse_comfyui_prompt(text: str) -> str | None:
+    """The positive prompt of a ComfyUI API-format ``prompt`` graph (``{node_id: {class_type, inputs}}``).
+
+    Follows each sampler node's ``positive`` input back through conditioning nodes (combine, ControlNet,
+    FluxGuidance...) to text encoders and their text, resolving text that comes from another node. Without a
+    sampler, takes the text encoders that do not feed any ``negative`` input. Several texts are joined with
+    ", " in node order. None when nothing is found or the JSON is not a graph."""
+    try:
+        graph = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(graph, dict):
+        return None
+    nodes = {str(k): v for k, v in graph.items() if isinstance(v, dict) and isinstance(v.get("inputs"), dict)}
+    if not nodes:
+        return None
+
+    def link(value: Any) -> str | None:
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+            return str(value[0])
+        return None
+
+    def text_of(node_id: str, depth: int = 0) -> str | None:
+        node = nodes.get(node_id)
+        if node is None or depth > 20:
+            return None
+        inputs = node["inputs"]
+        parts: list[str] = []
+        for key in _TEXT_INPUTS:
+            if key not in inputs:
+                continue
+            v = inputs[key]
+            if isinstance(v, str):
+                if v.strip() and v.strip() not in parts:
+                    parts.append(v.strip())
+            elif link(v) is not None:
+                t = text_of(link(v), depth + 1)
+                if t and t not in parts:
+                    parts.append(t)
+            if parts and key in ("text", "prompt", "string", "value"):
+                break
+        return ", ".join(parts) if parts else None
+
+    def is_encoder(node: dict) -> bool:
+        ct = str(node.get("class_type", ""))
+        return "TextEncode" in ct or ct.lower().startswith("cliptext")
+
+    def positive_texts(node_id: str, seen: set[str]) -> list[tuple[str, str]]:
+        if node_id in seen:
+            return []
+        seen.add(node_id)
+        node = nodes.get(node_id)
+        if node is None:
+            return []
+        if is_encoder(node):
+            t = text_of(node_id)
+            return [(node_id, t)] if t else []
+        out: list[tuple[str, str]] = []
+        for key in _COND_INPUTS:
+            src = link(node["inputs"].get(key))
+            if src is not None:
+                out.extend(positive_texts(src, seen))
+        return out
+
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for node_id in sorted(nodes, key=_node_order):
+        src = link(nodes[node_id]["inputs"].get("positive"))
+        if src is not None:
+            found.extend(positive_texts(src, seen))
+    if not found:
+        negative_ids: set[str] = set()
+        for node in nodes.values():
+            src = link(node["inputs"].get("negative"))
+            if src is not None:
+                negative_ids.add(src)
+        for node_id in sorted(nodes, key=_node_order):
+            if is_encoder(nodes[node_id]) and node_id not in negative_ids:
+                title = str(nodes[node_id].get("_meta", {}).get("title", ""))
+                if "negative" in title.lower():
+                    continue
+                t = text_of(node_id)
+                if t:
+                    found.append((node_id, t))
+    texts: list[str] = []
+    for _, t in sorted(found, key=lambda p: _node_order(p[0])):
+        if t not in texts:
+            texts.append(t)
+    prompt = ", ".join(texts).strip()
+    return prompt or None
+
+
+def parse_comfyui_workflow(text: str) -> str | None:
+    """Fallback for files that carry only ComfyUI's UI ``workflow`` JSON: the first widget text of each
+    text-encoder node whose output feeds a ``positive`` input (or, if links cannot tell, whose title does not
+    say negative)."""
+    try:
+        wf = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    nodes = wf.get("nodes") if isinstance(wf, dict) else None
+    if not isinstance(nodes, list):
+        return None
+    positive_links: set[int] = set()
+    negative_links: set[int] = set()
+    for node in nodes:
+        for inp in node.get("inputs", []) or []:
+            if not isinstance(inp, dict) or inp.get("link") is None:
+                continue
+            name = str(inp.get("name", ""))
+            if name == "positive":
+                positive_links.add(inp["link"])
+            elif name == "negative":
+                negative_links.add(inp["link"])
+    texts: list[str] = []
+    for node in sorted(nodes, key=lambda n: n.get("order", n.get("id", 0)) if isinstance(n, dict) else 0):
+        if not isinstance(node, dict) or "TextEncode" not in str(node.get("type", "")):
+            continue
+        out_links = {lk for o in node.get("outputs", []) or [] for lk in (o.get("links") or [])}
+        if out_links & negative_links and not out_links & positive_links:
+            continue
+        if not out_links & positive_links and "negative" in str(node.get("title", "")).lower():
+            continue
+        widgets = node.get("widgets_values") or []
+        t = next((w for w in widgets if isinstance(w, str) and w.strip()), None)
+        if t and t.strip() not in texts:
+            texts.append(t.strip())
+    return ", ".join(texts) or None
+
+
+def _node_order(node_id: str) -> tuple[int, str]:
+    m = re.match(r"\d+", node_id)
+    return (int(m.group()) if m else 1 << 30, node_id)
+
+
+def prompt_from_metadata(meta: Mapping[str, str]) -> tuple[str, str] | None:
+    """(prompt, source) from a decoded image's metadata, in the order of trust :class:`MetadataInverter`
+    documents, or None when the file carries no prompt."""
+    lower = {k.lower(): v for k, v in meta.items() if isinstance(v, str)}
+    params = lower.get("parameters")
+    if params:
+        p = parse_a1111_parameters(params)
+        if p:
+            return collapse_whitespace(p), "metadata:parameters"
+    if lower.get("prompt"):
+        p = parse_comfyui_prompt(lower["prompt"])
+        if p:
+            return collapse_whitespace(p), "metadata:comfyui"
+    if lower.get("workflow"):
+        p = parse_comfyui_workflow(lower["workflow"])
+        if p:
+            return collapse_whitespace(p), "metadata:comfyui"
+    for key, source in (("exif:usercomment", "metadata:exif-usercomment"),
+                        ("exif:imagedescription", "metadata:exif-imagedescription")):
+        text = lower.get(key)
+        if not text or not text.strip():
+            continue
+        p = parse_a1111_parameters(text) if _looks_like_a1111(text) else text
+        if p and p.strip():
+            return collapse_whitespace(p), source
+    return None

@@ -1,0 +1,205 @@
+"""Generator fingerprints for the reference gallery: low-bit-plane CNN features (seed 001, LIDA) and a
+training-free noise-residual spectrum.
+
+Both work at the image's **native resolution**: an image is cut into patches (never resized: interpolating the
+bit planes or the residual would blur exactly the traces they are meant to keep), the patches with the most
+high-frequency energy are kept, each is described, and the image's feature is the mean over its patches.
+An image smaller than the patch size is used whole.
+
+* ``bitplane``: the lowest ``bits`` bit planes of every RGB channel, stretched to 0..255 (for 3 bits
+  ``(x & 7) * 36``, as in seed 001), fed to EfficientNet-Lite0 with its real ImageNet weights (or a timm backbone
+  with ``features_only``) and average-pooled after block stage ``layer``. Early stages keep the pixel-level
+  statistics these planes carry; stage 2 was the best measured on the zoo.
+* ``spectrum``: the log power spectrum of the noise residual (image minus its 3x3 box blur), over
+  ``window``-sized patches, averaged over channels and patches (``rfft2``: ``window * (window // 2 + 1)``
+  values). Upsampling layers leave periodic peaks there; it needs no network at all.
+
+Features are returned raw; the gallery centres them on its real-photo prototype before cosine matching
+(:mod:`resynth_index.gallery.references`). An image that cannot be described raises :class:`ImageError`; it never
+becomes a zero vector.
+
+Example::
+
+    from PIL import Image
+    from resynth_index.models.fingerprints import load_fingerprint
+    fp = load_fingerprint("spectrum")
+    vectors = fp.extract([Image.open("a.png").convert("RGB")])   # (1, fp.dim) float32
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..devices import resolve_device
+from ..errors import ConfigError, ImageError, ModelNotAvailableError
+
+FINGERPRINT_KINDS = ("spectrum", "bitplane")
+MIN_SIDE = 16  # below this no patch says anything about a generator
+
+
+def low_bit_planes(pixels: np.ndarray, bits: int = 3) -> np.ndarray:
+    """The lowest ``bits`` bit planes of a uint8 image, stretched to 0..255: ``(x & (2**bits - 1)) * scale``
+    with ``scale = 255 // (2**bits - 1)`` (36 for 3 bits, as in seed 001). Shape and dtype are kept."""
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+        raise ValueError("low_bit_planes() takes a uint8 array")
+    if not 1 <= bits <= 7:
+        raise ValueError(f"bits must be between 1 and 7, got {bits}")
+    mask = (1 << bits) - 1
+    return ((pixels & mask) * (255 // mask)).astype(np.uint8)
+
+
+def high_frequency_energy(pixels: np.ndarray) -> float:
+    """Mean absolute 4-neighbour Laplacian of the grey image (flat patches score 0)."""
+    g = pixels.astype(np.float32).mean(axis=-1) if pixels.ndim == 3 else pixels.astype(np.float32)
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 0.0
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    return float(np.abs(lap).mean())
+
+
+def select_patches(pixels: np.ndarray, size: int, count: int) -> list[np.ndarray]:
+    """Up to ``count`` non-overlapping ``size``-square crops of ``pixels`` (H, W, C), those with the most
+    high-frequency energy first; an image no larger than ``size`` on both sides is returned whole. A side
+    shorter than ``size`` gives patches as long as that side (cropped, never padded or resized)."""
+    h, w = pixels.shape[:2]
+    if h <= size and w <= size:
+        return [pixels]
+    ph, pw = min(size, h), min(size, w)
+    tiles = [pixels[y : y + ph, x : x + pw] for y in range(0, h - ph + 1, ph) for x in range(0, w - pw + 1, pw)]
+    energy = [high_frequency_energy(t) for t in tiles]
+    order = sorted(range(len(tiles)), key=lambda i: (-energy[i], i))
+    return [tiles[i] for i in order[:count]]
+
+
+def _pixels(image: Image.Image, label: str) -> np.ndarray:
+    arr = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+    if min(arr.shape[:2]) < MIN_SIDE:
+        raise ImageError(f"{label}: {arr.shape[1]}x{arr.shape[0]} is too small for a fingerprint (min {MIN_SIDE} px)")
+    return arr
+
+
+class Fingerprint:
+    """Base: ``id`` names everything that changes the vectors; ``extract`` returns ``(n, dim)`` float32."""
+
+    kind = ""
+
+    def __init__(self, *, id: str, dim: int) -> None:
+        self.id = id
+        self.dim = dim
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} dim={self.dim}>"
+
+    def extract(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> np.ndarray:
+        rows = []
+        for i, im in enumerate(images):
+            label = names[i] if names is not None else f"<image {i}>"
+            rows.append(self._describe(_pixels(im, label)))
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+
+    def _describe(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SpectrumFingerprint(Fingerprint):
+    """Log power spectrum of the 3x3-box-blur noise residual (see the module docstring)."""
+
+    kind = "spectrum"
+
+    def __init__(self, *, window: int = 64, patches: int = 8) -> None:
+        if window < MIN_SIDE or window % 2:
+            raise ConfigError(f"gallery.window must be an even number >= {MIN_SIDE}, got {window}")
+        self.window, self.patches = window, patches
+        super().__init__(id=f"spectrum:residual3:w{window}:p{patches}", dim=window * (window // 2 + 1))
+
+    def _describe(self, pixels: np.ndarray) -> np.ndarray:
+        power = np.zeros((self.window, self.window // 2 + 1), np.float64)
+        chosen = select_patches(pixels, self.window, self.patches)
+        for patch in chosen:
+            a = patch.astype(np.float32)
+            padded = np.pad(a, ((1, 1), (1, 1), (0, 0)), mode="edge")
+            blur = sum(padded[dy : dy + a.shape[0], dx : dx + a.shape[1]] for dy in range(3) for dx in range(3)) / 9
+            residual = (a - blur).transpose(2, 0, 1)
+            # s= zero-pads a patch shorter than the window, so every image gives the same frequency grid.
+            spec = np.fft.rfft2(residual, s=(self.window, self.window))
+            power += (np.abs(spec) ** 2).mean(axis=0)
+        return np.log(power / len(chosen) + 1e-3).ravel()
+
+
+class BitPlaneFingerprint(Fingerprint):
+    """CNN features of the low-bit-plane image (seed 001, LIDA), pooled after block stage ``layer``."""
+
+    kind = "bitplane"
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "efficientnet-lite0",
+        layer: int = 2,
+        bits: int = 3,
+        patch: int = 256,
+        patches: int = 4,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from .embedders import IMAGENET_MEAN, IMAGENET_STD
+
+        self.bits, self.patch, self.patches = bits, patch, patches
+        self.device = resolve_device(device)
+        self.stages = _load_stages(backbone, layer, self.device)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            dim = int(self.stages(torch.zeros(1, 3, 32, 32, device=self.device)).shape[1])
+        super().__init__(id=f"bitplane{bits}:{backbone}:block{layer}:p{patch}x{patches}", dim=dim)
+
+    def _describe(self, pixels: np.ndarray) -> np.ndarray:
+        chosen = select_patches(low_bit_planes(pixels, self.bits), self.patch, self.patches)
+        batch = torch.from_numpy(np.stack(chosen)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            feats = self.stages((batch - self.mean) / self.std).mean(dim=(2, 3))
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        return feats.mean(dim=0).cpu().numpy()
+
+
+def _load_stages(backbone: str, layer: int, device: torch.device) -> torch.nn.Module:
+    """The backbone's stem and first ``layer`` stages as one module mapping images to feature maps."""
+    if backbone == "efficientnet-lite0":
+        from .embedders import EFFICIENTNET_BLOCKS, load_efficientnet_lite0
+
+        if not 1 <= layer <= EFFICIENTNET_BLOCKS:
+            raise ConfigError(f"gallery.layer must be between 1 and {EFFICIENTNET_BLOCKS}, got {layer}")
+        net = load_efficientnet_lite0(device)
+        return torch.nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:layer]).eval()
+    if backbone.startswith("timm:"):
+        import timm
+
+        name = backbone[len("timm:") :]
+        try:
+            net = timm.create_model(name, pretrained=True, features_only=True, out_indices=(layer,))
+        except Exception as exc:  # noqa: BLE001 - offline, unknown name, no such stage
+            raise ModelNotAvailableError(f"gallery backbone {backbone!r}: cannot load: {exc}") from exc
+        net = net.eval().requires_grad_(False).to(device)
+        return _FirstFeatureMap(net)
+    raise ConfigError(f"gallery.backbone must be 'efficientnet-lite0' or 'timm:NAME', got {backbone!r}")
+
+
+class _FirstFeatureMap(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[0]
+
+
+def load_fingerprint(kind: str, *, device: str | torch.device = "cpu", **options) -> Fingerprint:
+    """A fingerprint extractor by kind (``spectrum`` or ``bitplane``); ``options`` are its keyword arguments."""
+    if kind == "spectrum":
+        return SpectrumFingerprint(**options)
+    if kind == "bitplane":
+        return BitPlaneFingerprint(device=device, **options)
+    raise ConfigError(f"unknown fingerprint kind {kind!r} (choose from {', '.join(FINGERPRINT_KINDS)})")

@@ -1,0 +1,295 @@
+"""``rindex serve``: the HTTP API over :class:`~resynth_index.serving.service.AttributionService` (FastAPI + uvicorn).
+
+Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
+
+``POST /v1/attribute``
+    one or many images, as ``multipart/form-data`` (every file field is an image) or JSON
+    ``{"images": [{"data": "<base64>", "name": "a.png"}, ...]}`` (``"image": "<base64>"`` for one; entries may
+    also be bare base64 strings or ``data:`` URIs). Answers ``{"results": [...], "snapshot": id, "seconds": s}``
+    with one JSONL-contract object per image plus ``image_cache`` (``exact``, ``perceptual`` or ``none``),
+    ``image_distance``, ``queued`` (the prompt waits for the builder) and ``snapshot``.
+    Errors: 400 bad request (no images, too many, bad JSON or base64), 413 body over ``max_upload_bytes`` or an
+    image over ``max_pixels`` (decompression bomb), 415 not an image, 422 a corrupt image, 503 overloaded or
+    shutting down, 504 past ``request_timeout``. A request with a bad image is refused whole; ``detail`` names
+    each bad image by index.
+``GET /v1/health``
+    ``{"status": "ok", ...}`` once the models are loaded and the index is open.
+``GET /v1/index``
+    namespaces, prompts, vectors per generator, the snapshot id, the build queue.
+``POST /v1/index/refresh``
+    swap to a newer snapshot now (the service also checks every ``serve.refresh_interval`` seconds).
+``GET /metrics``
+    Prometheus text: ``rindex_http_requests_total``, ``rindex_images_total{result=image_exact|image_perceptual|
+    hit|near|miss}``, ``rindex_stage_seconds`` (per-stage histograms), ``rindex_queue_depth``,
+    ``rindex_build_queue_prompts``, ``rindex_snapshot_id``, ``rindex_snapshot_swaps_total``...
+
+Binds to 127.0.0.1 by default: put an authenticating proxy in front before exposing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from ..errors import ImageError, RindexError
+from .service import AttributionService, Overloaded, ServiceClosed, classify_image_error
+
+_ATTRIBUTE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                              "description": "one or more image files (any field name)"}}},
+            },
+            "application/json": {
+                "schema": {"type": "object", "properties": {
+                    "images": {"type": "array", "items": {"oneOf": [
+                        {"type": "string", "description": "base64 or data: URI"},
+                        {"type": "object", "properties": {"data": {"type": "string"}, "name": {"type": "string"}},
+                         "required": ["data"]}]}},
+                    "image": {"type": "string", "description": "one base64 image"}}},
+            },
+        },
+    }
+}
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, detail: Any = None):
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+def create_app(
+    config: Any = None,
+    *,
+    index: str | os.PathLike | None = None,
+    device: str | None = None,
+    service: AttributionService | None = None,
+    overrides: dict | None = None,
+):
+    """The FastAPI app. Without ``service`` it creates and starts one in its lifespan (after any fork)."""
+    own = service is None
+    svc = service or AttributionService(config, index=index, device=device, overrides=overrides)
+    sc = svc.serve
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if own:
+            await run_in_threadpool(svc.start)
+        try:
+            yield
+        finally:
+            if own:
+                await run_in_threadpool(svc.close)
+
+    app = FastAPI(title="resynth-index", version=_version(), lifespan=lifespan,
+                  description="Attribute AI-generated images to the text-to-image model that made them.")
+    app.state.service = svc
+
+    def error(status: int, message: str, detail: Any = None) -> JSONResponse:
+        body = {"error": message}
+        if detail is not None:
+            body["detail"] = detail
+        return JSONResponse(body, status_code=status)
+
+    @app.middleware("http")
+    async def metrics_middleware(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "other")
+        svc.metrics.http_requests.labels(endpoint, str(response.status_code)).inc()
+        svc.metrics.http_seconds.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    async def read_body(request: Request) -> bytes:
+        body = bytearray()
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen <= sc.max_upload_bytes:
+                body += chunk
+            elif seen > 4 * sc.max_upload_bytes:
+                break
+        # Past the limit the rest is read (and dropped) up to 4x the limit so that a client still sending gets
+        # the 413 rather than a connection reset; beyond that the connection is closed after the answer.
+        if seen > sc.max_upload_bytes:
+            raise _HTTPError(413, f"request body is over the limit of {sc.max_upload_bytes:,} bytes")
+        return bytes(body)
+
+    async def parse_images(request: Request) -> list[tuple[str, bytes]]:
+        body = await read_body(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        items: list[tuple[str, bytes]] = []
+        if ctype == "multipart/form-data":
+            request._body = body  # starlette parses the form from the cached body
+            try:
+                form = await request.form(max_files=sc.max_images + 1, max_fields=sc.max_images + 16)
+            except Exception as exc:  # noqa: BLE001 - starlette's MultiPartException / HTTPException
+                raise _HTTPError(400, f"bad multipart body: {getattr(exc, 'detail', None) or exc}") from None
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    items.append((value.filename or key, await value.read()))
+        elif ctype in ("application/json", ""):
+            import json
+
+            try:
+                doc = json.loads(body)
+            except ValueError as exc:
+                raise _HTTPError(400, f"body is not valid JSON: {exc}") from None
+            if not isinstance(doc, dict) or ("images" not in doc and "image" not in doc):
+                raise _HTTPError(400, 'JSON body must be an object with "images" (a list) or "image"')
+            entries = doc.get("images", [doc.get("image")] if "image" in doc else [])
+            if not isinstance(entries, list):
+                raise _HTTPError(400, '"images" must be a list')
+            for n, e in enumerate(entries):
+                name = f"<image {n}>"
+                if isinstance(e, dict):
+                    name, e = str(e.get("name") or name), e.get("data")
+                if not isinstance(e, str):
+                    raise _HTTPError(400, f"image {n}: expected a base64 string")
+                if e.startswith("data:") and "," in e:
+                    e = e.split(",", 1)[1]
+                try:
+                    items.append((name, base64.b64decode(e, validate=True)))
+                except (binascii.Error, ValueError):
+                    raise _HTTPError(400, f"image {n} ({name}): not valid base64") from None
+        else:
+            raise _HTTPError(415, f"content type {ctype!r}: send multipart/form-data or application/json")
+        if not items:
+            raise _HTTPError(400, "no images in the request")
+        if len(items) > sc.max_images:
+            raise _HTTPError(400, f"{len(items)} images in one request; the limit is {sc.max_images}")
+        return items
+
+    @app.post("/v1/attribute", openapi_extra=_ATTRIBUTE_BODY, summary="Attribute one or many images")
+    async def attribute(request: Request):
+        t0 = time.perf_counter()
+        try:
+            items = await parse_images(request)
+        except _HTTPError as exc:
+            return error(exc.status, exc.message, exc.detail)
+
+        def decode_all():
+            out, bad = [], []
+            for n, (name, data) in enumerate(items):
+                try:
+                    out.append(svc.decode(data, name))
+                except ImageError as exc:
+                    status, reason = classify_image_error(exc)
+                    bad.append({"index": n, "name": name, "status": status, "reason": reason, "error": str(exc)})
+            return out, bad
+
+        decoded, bad = await run_in_threadpool(decode_all)
+        if bad:
+            status = max(b["status"] for b in bad) if len({b["status"] for b in bad}) == 1 else 422
+            status = 413 if any(b["status"] == 413 for b in bad) else status
+            msg = bad[0]["error"] if len(bad) == 1 else f"{len(bad)} of {len(items)} images were refused"
+            return error(status, msg, bad)
+        timeout = sc.request_timeout - (time.perf_counter() - t0)
+        try:
+            futures = await run_in_threadpool(svc.submit, decoded, [name for name, _ in items], timeout=timeout)
+        except Overloaded as exc:
+            return error(503, str(exc))
+        except ServiceClosed as exc:
+            return error(503, str(exc))
+        waiters = [asyncio.wrap_future(f) for f in futures]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*waiters), timeout=max(0.0, timeout))
+        except (asyncio.TimeoutError, TimeoutError):
+            for f in futures:
+                f.cancel()
+            svc.metrics.timeouts.inc()
+            return error(504, f"no answer within the request timeout of {sc.request_timeout:g}s")
+        except ServiceClosed as exc:
+            return error(503, str(exc))
+        except RindexError as exc:
+            return error(500, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an engine failure fails this request, not the server
+            return error(500, f"{type(exc).__name__}: {exc}")
+        return {"results": results, "snapshot": svc.snapshot.id, "seconds": round(time.perf_counter() - t0, 6)}
+
+    @app.get("/v1/health", summary="Liveness and readiness")
+    async def health():
+        if not svc.ready:
+            return error(503, "not ready")
+        return {"status": "ok", "snapshot": svc.snapshot.id, "miss_policy": sc.miss_policy,
+                "uptime_s": round(time.time() - svc.started_at, 3)}
+
+    @app.get("/v1/index", summary="The served index: namespaces, counts, snapshot id")
+    async def index_info():
+        try:
+            return await run_in_threadpool(svc.info)
+        except ServiceClosed as exc:
+            return error(503, str(exc))
+
+    @app.post("/v1/index/refresh", summary="Swap to a newer index snapshot now")
+    async def refresh():
+        try:
+            before = svc.snapshot.id
+            after = await run_in_threadpool(svc.refresh)
+        except ServiceClosed as exc:
+            return error(503, str(exc))
+        return {"snapshot": after, "swapped": after != before}
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: an ephemeral one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: Any = None, *, index=None, device=None, host: str | None = None, port: int | None = None,
+          log_level: str = "warning", overrides: dict | None = None) -> None:
+    """Run the server until interrupted (SIGINT/SIGTERM: finish in-flight requests, then stop)."""
+    import uvicorn
+
+    app = create_app(config, index=index, device=device, overrides=overrides)
+    sc = app.state.service.serve
+    host = host or sc.host
+    sock = bind_socket(host, sc.port if port is None else port)
+    bound = sock.getsockname()[1]
+    print(f"rindex: serving http://{host}:{bound} (docs at /docs; miss policy {sc.miss_policy})",
+          file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=30))
+    server.run(sockets=[sock])
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("resynth-index")
+    except Exception:  # noqa: BLE001
+        return "0"
+
+
+__all__ = ["bind_socket", "create_app", "serve"]
