@@ -21,8 +21,12 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI, where every test must run: {reason}"
 
 
-def pytest_collectreport(report):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
     """The same rule for a whole module skipped at collection (``pytest.importorskip``)."""
+    outcome = yield
+    report = outcome.get_result()
     if os.environ.get("CI") and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"module skipped in CI, where every test must run: {report.longrepr}"
+        report.longrepr = f"module skipped in CI, where every test must run: {reason}"
