@@ -118,7 +118,7 @@ def bench_knn_cache(tmp: str, n: int, d: int, gamma: int, nq: int) -> dict:
     with CandidateCache(path, faiss_threads=os.cpu_count()) as c:
         t_rebuild = time.perf_counter() - t
         info = c.info()
-        idx = c._indexes[ns]
+        idx = c._indexes.loaded_namespace_index(ns)
         xs = x.astype(np.float16).astype(np.float32)  # the cache stores float16: exact search over the same
         unit(xs)
         q = data.queries(nq)
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     if u is not None:
         ui = u["index"]
         rows += [
-            (f"kNN k=10 uniform random (worst case), raw q/s", f"{u['raw_qps']:,.0f}",
+            ("kNN k=10 uniform random (worst case), raw q/s", f"{u['raw_qps']:,.0f}",
              f"{ui['type']}, nprobe={ui['nprobe']}, k_factor={ui['k_factor']}, build {u['build_s']:.0f}s"),
             ("  recall@10 vs exact flat (uniform)", f"{u['recall']:.3f}", f">= {TARGET_RECALL}: {ok(u['recall'] >= TARGET_RECALL)}"),
         ]

@@ -113,10 +113,10 @@ def main(argv=None) -> int:
     print("histogram of cosine similarity:")
     print("\n".join(histogram(same, diff)))
     order = np.argsort(sims)
-    print(f"hardest paraphrases (lowest similarity; reuse missed below the threshold):")
+    print("hardest paraphrases (lowest similarity; reuse missed below the threshold):")
     for i in [i for i in order if labels[i] == "same"][: args.show]:
         print(f"  {sims[i]:.3f}  {pairs[i][1]!r} ~ {pairs[i][2]!r}")
-    print(f"hardest near misses (highest similarity; must stay below the threshold):")
+    print("hardest near misses (highest similarity; must stay below the threshold):")
     for i in [i for i in order[::-1] if labels[i] == "diff"][: args.show]:
         print(f"  {sims[i]:.3f}  {pairs[i][1]!r} vs {pairs[i][2]!r}")
     print("threshold   paraphrase reuse   false reuse")

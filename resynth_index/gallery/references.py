@@ -1,7 +1,8 @@
 """The reference gallery's storage: a few enrolled images per generator (see :mod:`.matching` for how they match).
 
-Seed 001 treats attribution as instance retrieval, and it is the only option for a generator that cannot be
-run locally: enrol a handful of its images, then the nearest references name the generator of a query.
+"Attribution as Retrieval: Model-Agnostic AI-Generated Image Attribution" (Wang, Cheng, Han, Gui, CVPR 2026;
+LIDA) treats attribution as instance retrieval, and it is the only option for a generator that cannot be run
+locally: enrol a handful of its images, then the nearest references name the generator of a query.
 
 Storage (``INDEX/gallery/``, an LMDB environment beside the candidate cache)
 ---------------------------------------------------------------------------
@@ -15,8 +16,15 @@ for the configured features and on first use for any other. Sub-databases (integ
     by_sha     generator NUL pixel sha256 -> ref id (an image is enrolled once per generator)
     features   sha256(feature id)[:16] + ref id -> float32 vector
 
-Every enrolment batch is one LMDB write transaction: a crash leaves all of it or none of it. LMDB serialises
-writers across processes itself, so ``rindex enroll`` may run while a server reads.
+Every enrolment batch (and every removal) is one LMDB write transaction that also bumps ``version``: a crash
+leaves all of it or none of it. LMDB serialises writers across processes itself, so ``rindex enroll`` may run
+while a server reads. The environment is opened through :mod:`resynth_index.store.environment` (one per path
+per process, fork-aware, map growth); a writer creates it and writes ``schema`` in its first transaction.
+
+**Read-only** (``Gallery(index, readonly=True)``, what a read-only engine and the server use): LMDB is opened
+read-only and no write transaction is ever begun, so a gallery on read-only storage works; features computed
+on first use are kept in memory only. An index without a gallery reads as an empty gallery, and nothing is
+created (no ``gallery/`` directory): the gallery appears to readers opened after a writer created it.
 
 Example::
 
@@ -32,18 +40,17 @@ import hashlib
 import importlib.util
 import os
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import lmdb
 import msgpack
 import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, ImageError, RindexError
+from ..store.environment import Environment, EnvironmentMissing
 
 REAL = "real"  # reserved gallery name: the user's real photos (calibrate the real/AI gate)
 RESERVED_NAMES = ("unknown", REAL)
@@ -92,34 +99,13 @@ class EnrollReport:
 
 
 # ------------------------------------------------------------------------------------------- environment
-_ENVS: dict[str, list] = {}  # path -> [env, dbs, refcount]: LMDB forbids opening one environment twice per process
-_ENVS_LOCK = threading.Lock()
+_MAP_SIZE = 1 << 30  # to start (sparse); doubled whenever it fills
 
 
-def _open_env(path: str):
-    with _ENVS_LOCK:
-        entry = _ENVS.get(path)
-        if entry is None:
-            os.makedirs(path, exist_ok=True)
-            env = lmdb.open(path, max_dbs=len(_DBS), map_size=1 << 30, subdir=True)
-            env.reader_check()
-            with env.begin(write=True) as txn:
-                dbs = {name: env.open_db(name.encode(), txn=txn) for name in _DBS}
-                if txn.get(b"schema", db=dbs["meta"]) is None:
-                    txn.put(b"schema", _U64.pack(GALLERY_SCHEMA), db=dbs["meta"])
-            entry = _ENVS[path] = [env, dbs, 0]
-        entry[2] += 1
-        return entry[0], entry[1]
-
-
-def _release_env(path: str) -> None:
-    with _ENVS_LOCK:
-        entry = _ENVS.get(path)
-        if entry is not None:
-            entry[2] -= 1
-            if entry[2] <= 0:
-                entry[0].close()
-                del _ENVS[path]
+def _init_schema(txn, dbs) -> None:
+    """A writer's first transaction on the environment."""
+    if txn.get(b"schema", db=dbs["meta"]) is None:
+        txn.put(b"schema", _U64.pack(GALLERY_SCHEMA), db=dbs["meta"])
 
 
 def _feature_key(feature_id: str) -> bytes:
@@ -133,14 +119,19 @@ class Gallery:
     def __init__(self, index_dir: str | os.PathLike, *, readonly: bool = False) -> None:
         self.path = str(Path(index_dir) / "gallery")
         self.readonly = readonly
-        self._env = self._dbs = None
-        if not readonly or os.path.exists(os.path.join(self.path, "data.mdb")):
-            self._env, self._dbs = _open_env(self.path)
+        self._env: Environment | None = None
+        self._dbs: dict | None = None
+        try:
+            self._env = Environment.open(self.path, _DBS, readonly=readonly, map_size=_MAP_SIZE, init=_init_schema)
+        except EnvironmentMissing:
+            pass  # read-only and no writer created it: an empty gallery
+        else:
+            self._dbs = self._env.dbs
         self._memo: dict[str, tuple[int, list[Reference], np.ndarray]] = {}
 
     def close(self) -> None:
         if self._env is not None:
-            _release_env(self.path)
+            self._env.close()
             self._env = self._dbs = None
 
     def __enter__(self) -> "Gallery":
@@ -154,7 +145,7 @@ class Gallery:
         """Changes whenever references are added or removed (cheap; used to refresh in-memory matrices)."""
         if self._env is None:
             return 0
-        with self._env.begin() as txn:
+        with self._env.read() as txn:
             raw = txn.get(b"version", db=self._dbs["meta"])
         return _U64.unpack(raw)[0] if raw else 0
 
@@ -162,7 +153,7 @@ class Gallery:
         if self._env is None:
             return []
         out = []
-        with self._env.begin() as txn:
+        with self._env.read() as txn:
             for key, value in txn.cursor(db=self._dbs["refs"]):
                 r = msgpack.unpackb(value)
                 if generator is None or r["g"] == generator:
@@ -180,8 +171,10 @@ class Gallery:
         """A reference decoded again from its stored bytes."""
         from ..images.decode import decode_image
 
-        with self._env.begin() as txn:
-            blob = txn.get(_U64.pack(ref_id), db=self._dbs["blobs"])
+        blob = None
+        if self._env is not None:
+            with self._env.read() as txn:
+                blob = txn.get(_U64.pack(ref_id), db=self._dbs["blobs"])
         if blob is None:
             raise RindexError(f"gallery: reference {ref_id} has no stored image")
         return decode_image(blob, name=f"gallery reference {ref_id}").image
@@ -206,7 +199,7 @@ class Gallery:
             return np.zeros((0, 0), np.float32)
         fk = _feature_key(feature_id)
         rows: list[np.ndarray | None] = []
-        with self._env.begin() as txn:
+        with self._env.read() as txn:
             for r in refs:
                 raw = txn.get(fk + _U64.pack(r.id), db=self._dbs["features"])
                 rows.append(None if raw is None else np.frombuffer(raw, dtype=np.float32))
@@ -224,16 +217,15 @@ class Gallery:
     def _write(self, fn, *, bump: bool = True):
         if self.readonly or self._env is None:
             raise RindexError("the gallery is open read-only")
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:
-                    out = fn(txn)
-                    if bump:
-                        raw = txn.get(b"version", db=self._dbs["meta"])
-                        txn.put(b"version", _U64.pack((_U64.unpack(raw)[0] if raw else 0) + 1), db=self._dbs["meta"])
-                return out
-            except lmdb.MapFullError:
-                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+        def txn_fn(txn):
+            out = fn(txn)
+            if bump:
+                raw = txn.get(b"version", db=self._dbs["meta"])
+                txn.put(b"version", _U64.pack((_U64.unpack(raw)[0] if raw else 0) + 1), db=self._dbs["meta"])
+            return out
+
+        return self._env.write(txn_fn)  # grows the map and runs txn_fn again when it is full
 
     def enroll(
         self,

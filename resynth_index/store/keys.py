@@ -5,7 +5,7 @@ module (the cache, the CLI, resumable builds) derives exactly the same key.
 
 Normalisation is deliberately *conservative*: it removes only noise that cannot change what a text-to-image
 model is asked to draw, so two prompts that differ in words never share a key (near-duplicates are the
-prompt-embedding index's job, see :mod:`resynth_index.store.cache`). In order, :func:`normalize_prompt`:
+prompt-embedding index's job, see :mod:`resynth_index.store.lookup`). In order, :func:`normalize_prompt`:
 
 1. applies Unicode **NFKC** (full-width letters, ligatures, compatibility forms, non-breaking spaces);
 2. maps typographic punctuation to ASCII: curly single/double quotes and primes to ``'`` / ``"``, the dashes
@@ -129,12 +129,17 @@ def namespace_digest(parts: Mapping[str, object]) -> str:
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def is_namespace_digest(value: object) -> bool:
+    """True for a namespace digest as :func:`namespace_digest` writes it (64 lowercase hex characters)."""
+    return isinstance(value, str) and _HEX64.match(value) is not None
+
+
 def prompt_key(namespace_digest: str, normalized_prompt: str) -> bytes:
     """The 32-byte LMDB key of ``normalized_prompt`` under ``namespace_digest`` (a 64-char hex digest).
 
     The prompt must already be normalised; this function does not normalise again (it is on the hot path).
     """
-    if not isinstance(namespace_digest, str) or not _HEX64.match(namespace_digest):
+    if not is_namespace_digest(namespace_digest):
         raise ConfigError(f"namespace digest must be 64 lowercase hex characters, got {namespace_digest!r}")
     h = hashlib.sha256()
     h.update(namespace_digest.encode("ascii"))
@@ -143,4 +148,4 @@ def prompt_key(namespace_digest: str, normalized_prompt: str) -> bytes:
     return h.digest()
 
 
-__all__ = ["SCHEMA_VERSION", "namespace_digest", "normalize_prompt", "prompt_key"]
+__all__ = ["SCHEMA_VERSION", "is_namespace_digest", "namespace_digest", "normalize_prompt", "prompt_key"]

@@ -1,12 +1,14 @@
 """FAISS side of the candidate cache: one derived, persisted, self-tuning inner-product index per namespace.
 
-The index is *derived*: every vector in it also lives in LMDB (:mod:`resynth_index.store.cache`), which is the
+The index is *derived*: every vector in it also lives in LMDB (:mod:`resynth_index.store.records`), which is the
 source of truth. An index snapshot therefore only needs to say which records it covers; the cache catches
 it up with "all record ids greater than the snapshot's" on open, or rebuilds it from LMDB when the snapshot
-is missing or unreadable.
+is missing or unreadable (:mod:`resynth_index.store.indexes`). The same class also serves the prompt-embedding
+index, whose ids are prompt ids.
 
 **Ids.** A FAISS id is ``record_id << 12 | j``: record ``record_id`` holds the γ candidates of one prompt for
-one generator, and ``j`` (< 4096) is the candidate's position (its seed is ``seeds[j]``).
+one generator, and ``j`` (at most :data:`MAX_VECTORS_PER_RECORD`, 4,095) is the candidate's position (its seed
+is ``seeds[j]``).
 
 **Index choice by size and memory** (:func:`choose_index_key`, autofaiss-style rules, thresholds measured on
 the 2-core reference machine, see ``benchmarks/cache.py``):
@@ -34,10 +36,16 @@ target (uniform random data: recall@10 ≈ 0.21 at nprobe 256 for 10^6 × 512-d)
 kept, ``meets_target_recall`` is False and a ``RuntimeWarning`` says so; exact search stays available by
 raising ``IndexPolicy.exact_max``.
 
-**Persistence**: ``DIR/<last_id:020d>.faiss`` written to a temporary file, fsync'ed and ``os.replace``d
-into place (atomic); the covered record id is in the file name, so the index and its coverage can never
-disagree. Older snapshots are deleted after the new one is in place; a small ``.json`` beside each snapshot
-carries the measured recall (informational only).
+**Persistence** (this module owns the file names): ``DIR/<last_id:020d>.faiss`` is written to a temporary
+``DIR/tmp*.tmp``, fsync'ed and ``os.replace``d into place (atomic); the covered id is in the file name, so the
+index and its coverage can never disagree. The ``DIR/<last_id:020d>.json`` beside it (key, ``built_n``,
+measured recall, build seconds, dim) is written just before the rename and is informational only
+(:meth:`VectorIndex.peek` reads it; :meth:`VectorIndex.load` falls back to defaults without it). Older
+snapshots are deleted after the new one is in place and the directory is fsync'ed. A crash while saving
+leaves the previous snapshot plus a ``.tmp`` (deleted by the next writer, :func:`remove_stale_temporaries`)
+and perhaps a ``.json`` without its ``.faiss`` (ignored by :meth:`VectorIndex.load`). An index knows what its
+newest snapshot holds (:attr:`VectorIndex.saved_ntotal`, :attr:`VectorIndex.dirty`), so the cache decides
+when to save without keeping state of its own.
 
 **Threads**: searches take a shared lock, mutations an exclusive one (FAISS CPU searches are thread-safe
 only while nothing mutates). **GPU**: when ``faiss.get_num_gpus() > 0`` (the ``faiss-gpu`` build), exact
@@ -61,8 +69,12 @@ import faiss
 import numpy as np
 
 ID_SHIFT = 12
-MAX_GAMMA = 1 << ID_SHIFT
+_POSITION_MASK = (1 << ID_SHIFT) - 1
+#: The most candidate vectors one record may hold: positions must fit the low ``ID_SHIFT`` bits of a FAISS id
+#: (the store's own limit; how many candidates attribution generates per prompt is the engine's setting).
+MAX_VECTORS_PER_RECORD = _POSITION_MASK
 _SNAP = re.compile(r"^(\d{20})\.faiss$")
+_SNAP_META = re.compile(r"^(\d{20})\.json$")
 
 
 def vector_ids(record_id: int, count: int) -> np.ndarray:
@@ -72,7 +84,7 @@ def vector_ids(record_id: int, count: int) -> np.ndarray:
 
 def split_id(fid: int) -> tuple[int, int]:
     """(record_id, position) of a FAISS id."""
-    return int(fid) >> ID_SHIFT, int(fid) & (MAX_GAMMA - 1)
+    return int(fid) >> ID_SHIFT, int(fid) & _POSITION_MASK
 
 
 @dataclass(frozen=True)
@@ -139,12 +151,7 @@ class _RWLock:
 
 
 def _gpu_available(policy: IndexPolicy) -> bool:
-    if policy.use_gpu is False:
-        return False
-    try:
-        return faiss.get_num_gpus() > 0
-    except AttributeError:  # CPU build
-        return False
+    return policy.use_gpu is not False and faiss_gpu_count() > 0
 
 
 def _ivf_and_refine(index: faiss.Index):
@@ -183,6 +190,8 @@ class VectorIndex:
         self.built_n = 0  # ntotal when the current approximate index was trained
         self.recall: float | None = 1.0  # measured recall@k of the current index (1.0 for exact)
         self.build_seconds: float | None = None
+        #: what the newest snapshot on disk holds (None: nothing saved or loaded yet); see :attr:`dirty`
+        self.saved_ntotal: int | None = None
         self.saved_last_id = 0
         self._lock = _RWLock()
         self._gpu_index = None
@@ -208,6 +217,20 @@ class VectorIndex:
             "build_seconds": self.build_seconds,
             "gpu": _gpu_available(self.policy),
         }
+
+    @property
+    def dirty(self) -> bool:
+        """True when the index differs from its newest snapshot (or has none): :meth:`save` would write one."""
+        return self.saved_ntotal is None or self.ntotal != self.saved_ntotal
+
+    @property
+    def unsaved(self) -> int:
+        """Vectors added since the newest snapshot (all of them when there is none)."""
+        return self.ntotal - (self.saved_ntotal or 0)
+
+    def mark_saved(self) -> None:
+        """Record that the index as it is now is what its newest snapshot holds (after save or load)."""
+        self.saved_ntotal, self.saved_last_id = self.ntotal, self.last_id
 
     def wants_rebuild(self, n_after: int) -> bool:
         """True when the index type chosen for ``n_after`` vectors differs in kind from the current one."""
@@ -355,6 +378,7 @@ class VectorIndex:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
                 raise
+            saved_ntotal = int(self._index.ntotal)
         finally:
             self._lock.release_read()
         _fsync_dir(directory)
@@ -366,17 +390,14 @@ class VectorIndex:
                         os.unlink(os.path.join(directory, p))
                     except FileNotFoundError:
                         pass
-        self.saved_last_id = last_id
+        self.saved_ntotal, self.saved_last_id = saved_ntotal, last_id
         return final
 
     @classmethod
     def load(cls, directory: str, dim: int, policy: IndexPolicy = IndexPolicy(),
              max_last_id: int | None = None) -> VectorIndex | None:
         """The newest readable snapshot in ``directory`` covering no more than ``max_last_id``, or None."""
-        if not os.path.isdir(directory):
-            return None
-        snaps = sorted((int(m.group(1)), n) for n in os.listdir(directory) if (m := _SNAP.match(n)))
-        for last_id, name in reversed(snaps):
+        for last_id, name in reversed(_snapshots(directory)):
             if max_last_id is not None and last_id > max_last_id:
                 continue  # covers records that LMDB does not have: never trust it
             try:
@@ -387,7 +408,8 @@ class VectorIndex:
                 continue
             self = cls(dim, policy)
             self._index = index
-            self.last_id = self.saved_last_id = last_id
+            self.last_id = last_id
+            self.mark_saved()
             try:
                 with open(os.path.join(directory, name[: -len(".faiss")] + ".json")) as fh:
                     meta = json.load(fh)
@@ -403,10 +425,7 @@ class VectorIndex:
 
     def load_if_newer(self, directory: str, max_last_id: int) -> bool:
         """Readers: swap in a snapshot the writer saved since, when it covers more than this one."""
-        if not os.path.isdir(directory):
-            return False
-        snaps = [int(m.group(1)) for n in os.listdir(directory) if (m := _SNAP.match(n))]
-        newest = max((s for s in snaps if s <= max_last_id), default=0)
+        newest = max((s for s, _ in _snapshots(directory) if s <= max_last_id), default=0)
         if newest <= self.last_id:
             return False
         other = VectorIndex.load(directory, self.dim, self.policy, max_last_id)
@@ -416,11 +435,47 @@ class VectorIndex:
         try:
             self._index, self.key, self.built_n = other._index, other.key, other.built_n
             self.recall, self.build_seconds = other.recall, other.build_seconds
-            self.last_id = self.saved_last_id = other.last_id
+            self.last_id = other.last_id
+            self.mark_saved()
             self._gpu_index, self._gpu_dirty = None, True
         finally:
             self._lock.release_write()
         return True
+
+    @staticmethod
+    def peek(directory: str) -> dict | None:
+        """What the newest snapshot in ``directory`` is, from its ``.json`` alone (the index is not read): the
+        keys of :attr:`info` that are known without loading, plus ``persisted_last_record_id`` and
+        ``loaded: False``. None when there is no snapshot or its description is unreadable."""
+        if not os.path.isdir(directory):
+            return None
+        metas = sorted((int(m.group(1)), n) for n in os.listdir(directory) if (m := _SNAP_META.match(n)))
+        if not metas:
+            return None
+        last_id, name = metas[-1]
+        try:
+            with open(os.path.join(directory, name)) as fh:
+                meta = json.load(fh)
+            return {"type": "IDMap2," + meta["key"], "exact": meta["key"] == "Flat",
+                    "measured_recall_at_10": meta.get("recall"), "persisted_last_record_id": last_id,
+                    "loaded": False}
+        except Exception:
+            return None
+
+
+def _snapshots(directory: str) -> list[tuple[int, str]]:
+    """(covered id, file name) of every snapshot in ``directory``, oldest first."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted((int(m.group(1)), n) for n in os.listdir(directory) if (m := _SNAP.match(n)))
+
+
+def faiss_gpu_count() -> int:
+    """GPUs this FAISS build can use (0 for the CPU build)."""
+    try:
+        return faiss.get_num_gpus()
+    except AttributeError:
+        return 0
 
 
 def _fsync_dir(directory: str) -> None:
@@ -446,4 +501,15 @@ def remove_stale_temporaries(directory: str) -> None:
                 pass
 
 
-__all__ = ["IndexPolicy", "VectorIndex", "choose_index_key", "exact_topk", "recall_at_k", "split_id", "vector_ids"]
+__all__ = [
+    "MAX_VECTORS_PER_RECORD",
+    "IndexPolicy",
+    "VectorIndex",
+    "choose_index_key",
+    "exact_topk",
+    "faiss_gpu_count",
+    "recall_at_k",
+    "remove_stale_temporaries",
+    "split_id",
+    "vector_ids",
+]

@@ -157,6 +157,46 @@ def test_readonly_gallery_that_does_not_exist_reads_empty(tmp_path):
             gallery.enroll("x", [_png(Image.new("RGB", (32, 32)))])
 
 
+def test_readonly_gallery_opens_lmdb_readonly_and_writes_nothing(tmp_path, monkeypatch):
+    """A read-only gallery never creates its directory and never writes (LMDB itself is opened read-only)."""
+    import lmdb
+
+    # an index without a gallery: empty, and no gallery/ directory appears
+    (tmp_path / "bare").mkdir()
+    with Gallery(tmp_path / "bare", readonly=True) as gallery:
+        assert gallery.generators() == {} and gallery.references() == [] and gallery.version() == 0
+    assert list((tmp_path / "bare").iterdir()) == []
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    with Gallery(tmp_path) as gallery:
+        assert gallery.enroll("g", [_png(Image.fromarray(pixels))]).added == 1
+    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "gallery").iterdir() if p.name != "lock.mdb"}
+    data_bytes = (tmp_path / "gallery" / "data.mdb").read_bytes()
+
+    opened = []
+    real_open = lmdb.open
+    monkeypatch.setattr(lmdb, "open", lambda *a, **kw: opened.append(kw) or real_open(*a, **kw))
+    calls = []
+
+    def feature(images):
+        calls.append(len(images))
+        return np.ones((len(images), 4), np.float32)
+
+    for _ in range(2):
+        with Gallery(tmp_path, readonly=True) as gallery:
+            assert gallery.generators() == {"g": 1}
+            refs, vecs = gallery.vectors("test-feature", feature)  # computed on first use, kept in memory only
+            assert len(refs) == 1 and vecs.shape == (1, 4)
+            with pytest.raises(RindexError, match="read-only"):
+                gallery.remove("g")
+            with pytest.raises(lmdb.ReadonlyError):
+                gallery._env.env.begin(write=True)
+    assert [kw["readonly"] for kw in opened] == [True, True]
+    assert calls == [1, 1]  # the second reader computed it again: nothing was stored
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "gallery").iterdir() if p.name != "lock.mdb"} == files
+    assert (tmp_path / "gallery" / "data.mdb").read_bytes() == data_bytes
+
+
 def _skimage_crops(names, per_photo):
     import importlib.util
 
