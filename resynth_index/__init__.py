@@ -11,9 +11,10 @@ from ._torchvision_compat import ensure_torchvision_importable
 # Must run before anything imports torchvision (open_clip, timm and transformers' vision classes do).
 ensure_torchvision_importable()
 
-from .attribution.engine import Attribution, Attributor, BuildReport, Evidence  # noqa: E402
+from .attribution.engine import Attributor  # noqa: E402
+from .attribution.results import Attribution, BuildReport, Evidence  # noqa: E402
 from .config import Config, load_config  # noqa: E402
-from .errors import ConfigError, ImageError, ModelNotAvailableError, RindexError  # noqa: E402
+from .errors import ConfigError, ImageError, ModelNotAvailableError, RindexError, UsageError  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "ImageError",
     "ModelNotAvailableError",
     "RindexError",
+    "UsageError",
     "__version__",
     "load_config",
 ]

@@ -8,7 +8,7 @@ Example (every key, with its default unless marked)::
     device = "auto"                 # auto | cpu | cuda | cuda:N, for every model
 
     [resynthesis]
-    gamma = 1                       # candidates per generator per prompt (1 keeps the default build under 3 min)
+    gamma = 1                       # candidates per generator per prompt, 1..256 (1 keeps the default build under 3 min)
     seed_base = 0                   # shifts every candidate seed (they are derived from the prompt)
 
     [embedder]
@@ -105,6 +105,10 @@ from .errors import ConfigError
 
 INDEX_ENV_VAR = "RINDEX_INDEX"
 DEFAULT_INDEX_DIR = "cache"
+
+#: The most candidates per generator per prompt (``resynthesis.gamma``). Candidate seeds are consecutive from a
+#: prompt-derived start spaced 2**8 apart, so more than 256 would let two prompts' seed ranges overlap.
+MAX_GAMMA = 256
 
 
 @dataclass(frozen=True)
@@ -288,12 +292,14 @@ _CHOICES = {
 }
 
 _POSITIVE = {
-    "resynthesis.gamma", "embedder.batch_size", "inverter.max_new_tokens", "scoring.knn_k", "scoring.unrestricted_k",
+    "embedder.batch_size", "inverter.max_new_tokens", "scoring.knn_k", "scoring.unrestricted_k",
     "build.batch_size", "generators.batch_size", "generators.steps", "generators.height", "generators.width",
     "serve.request_timeout", "serve.max_upload_bytes", "serve.max_pixels", "serve.max_images",
     "serve.max_batch", "serve.max_pending", "serve.image_cache_size",
     "gallery.layer", "gallery.bits", "gallery.patch", "gallery.window", "gallery.patches", "gallery.target_fpr",
 }
+
+_RANGES = {"resynthesis.gamma": (1, MAX_GAMMA)}  # inclusive bounds
 
 
 def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) -> Any:
@@ -334,6 +340,9 @@ def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) 
         raise ConfigError(f"{origin}: key '{key}' is {value!r}; choose from {', '.join(allowed)}")
     if base in _POSITIVE and value is not None and value <= 0:
         raise ConfigError(f"{origin}: key '{key}' must be positive, got {value!r}")
+    if base in _RANGES and value is not None and not _RANGES[base][0] <= value <= _RANGES[base][1]:
+        low, high = _RANGES[base]
+        raise ConfigError(f"{origin}: key '{key}' must be between {low} and {high}, got {value!r}")
     return value
 
 

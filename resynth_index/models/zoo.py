@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .._quiet import quiet_loading
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelNotAvailableError
 
 __all__ = ["ZOO_VERSION", "build_zoo_pipeline", "export_zoo", "zoo_defaults", "zoo_names"]
 
@@ -56,18 +56,16 @@ class _ZooEntry:
     description: str = ""
 
 
-
-
 # --------------------------------------------------------------------------------------------- tokenizers
 
 
 def _bpe_vocab_path() -> Path:
     spec = importlib.util.find_spec("open_clip")  # locate the package without importing it (it pulls torchvision)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the built-in zoo needs open_clip's CLIP BPE vocabulary; install open_clip_torch")
+        raise ModelNotAvailableError("the built-in zoo needs open_clip's CLIP BPE vocabulary; install open_clip_torch")
     path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        raise ConfigError(f"open_clip's CLIP BPE vocabulary is missing: {path}")
+        raise ModelNotAvailableError(f"open_clip's CLIP BPE vocabulary is missing: {path}")
     return path
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resynth_index.models.embedders import efficientnet_preprocess, load_efficientnet_lite0, load_embedder
+from resynth_index.models.backbones import efficientnet_preprocess, load_efficientnet_lite0
+from resynth_index.models.embedders import load_embedder
 from resynth_index.errors import ConfigError, ModelNotAvailableError
 
 
@@ -107,9 +108,9 @@ def test_open_clip_final_and_intermediate_layer(clip_final, clip_layer6, photos)
 
 
 def test_open_clip_random_init_is_reproducible(clip_layer6, photos):
-    from resynth_index.models import embedders
+    from resynth_index.models import backbones
 
-    embedders._OPEN_CLIP_CACHE.clear()
+    backbones._OPEN_CLIP_CACHE.clear()
     fresh = load_embedder("open_clip", model="ViT-B-32", layer=6, device="cpu")
     assert fresh.model is not clip_layer6.model
     np.testing.assert_allclose(fresh.embed(photos[:2]), clip_layer6.embed(photos[:2]), atol=1e-5)

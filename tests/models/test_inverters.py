@@ -279,3 +279,19 @@ def test_load_inverter_errors():
     bad = os.path.join(os.path.dirname(__file__), "no_such_bank.txt")
     with pytest.raises(ConfigError):
         load_phrase_bank(bad)
+
+
+def test_options_are_checked_against_each_inverters_signature():
+    from resynth_index.config import InverterConfig
+    from resynth_index.errors import UsageError
+    from resynth_index.models.inverters import inverter_from_config
+
+    with pytest.raises(ConfigError, match="colour"):
+        load_inverter("label", device="cpu", colour="blue")
+    with pytest.raises(ConfigError, match="takes: no options"):
+        load_inverter("metadata", top_k=2)
+    with pytest.raises(UsageError):  # a wrong argument from Python code is not configuration
+        ChainInverter([])
+    with pytest.raises(UsageError):
+        LabelInverter(device="cpu", top_k=0)
+    assert inverter_from_config(InverterConfig(chain=("metadata",)), "cpu").id == "metadata"

