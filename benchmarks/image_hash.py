@@ -93,7 +93,7 @@ def main() -> None:
         d = np.array([hamming(a, b) for a, b in itertools.combinations(hashes, 2)])
         rates = "  ".join(f"{(d <= t).mean():6.4f}" for t in thresholds)
         print(f"{name:<8} {len(images):>6} {len(d):>7}  {rates}  {d.min()}")
-    print(f"\nrepost recall (share of edited copies within the distance):")
+    print("\nrepost recall (share of edited copies within the distance):")
     print(f"{'edit':<11} " + "  ".join(f"@{t:<5}" for t in thresholds))
     allimgs = sets["zoo"] + sets["photos"]
     for edit, fn in EDITS.items():

@@ -1,8 +1,13 @@
 """Decode and guard input images: one RGB 8-bit picture plus the text the file carries, or an ImageError.
 
 Every query image passes through :func:`decode_image` first. It never returns a placeholder for a broken
-file: an unreadable input raises :class:`~resynth_index.errors.ImageError` whose message names the image
-(its path, or the ``name`` given for bytes / in-memory images) and says what is wrong.
+file: an unreadable input raises an :class:`~resynth_index.errors.ImageError` whose message names the image
+(its path, or the ``name`` given for bytes / in-memory images) and says what is wrong. The subclass is chosen
+where the cause is known, so that callers decide by type (the HTTP service's status codes):
+:class:`~resynth_index.errors.ImageUnreadable` (missing file, a directory, an I/O error),
+:class:`~resynth_index.errors.NotAnImage` (empty, text, an unrecognised format),
+:class:`~resynth_index.errors.ImageTooLarge` (over ``max_pixels``, Pillow's decompression-bomb limit) and
+:class:`~resynth_index.errors.CorruptImage` (truncated or damaged data, an unconvertible mode).
 
 Normalisation rules (all documented because they change pixels, and therefore embeddings and hashes):
 
@@ -47,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import CorruptImage, ImageError, ImageTooLarge, ImageUnreadable, NotAnImage
 
 MAX_PIXELS_DEFAULT = 40_000_000
 """Default decompression-bomb guard: images with more pixels than this are refused before decoding."""
@@ -92,7 +97,7 @@ def decode_image(
     max_pixels: int = MAX_PIXELS_DEFAULT,
     name: str | None = None,
 ) -> DecodedImage:
-    """Decode ``source`` into a :class:`DecodedImage` or raise :class:`ImageError` naming it.
+    """Decode ``source`` into a :class:`DecodedImage` or raise an :class:`ImageError` subclass naming it.
 
     Args:
         source: a file path, the encoded bytes of a file, or a PIL image (copied, never modified).
@@ -114,8 +119,10 @@ def decode_image(
             rgb = _to_rgb(frame, label)
         except ImageError:
             raise
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLarge(f"{label}: cannot read image: {_describe(exc)}") from exc
         except Exception as exc:  # noqa: BLE001 - any decoder failure becomes a named ImageError
-            raise ImageError(f"{label}: cannot read image: {_describe(exc)}") from exc
+            raise CorruptImage(f"{label}: cannot read image: {_describe(exc)}") from exc
         return DecodedImage(path=None, image=rgb, metadata=metadata, pixel_sha256=_pixel_hash(rgb))
 
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -129,7 +136,7 @@ def decode_image(
         raise TypeError(f"decode_image() takes a path, bytes or a PIL image, not {type(source).__name__}")
 
     if not data:
-        raise ImageError(f"{label}: empty file (0 bytes), not an image")
+        raise NotAnImage(f"{label}: empty file (0 bytes), not an image")
 
     try:
         with warnings.catch_warnings():
@@ -146,15 +153,15 @@ def decode_image(
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{label}: refused as a possible decompression bomb ({exc})") from exc
+        raise ImageTooLarge(f"{label}: refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         head = data[:16]
         hint = " (looks like text)" if _looks_like_text(head) else ""
-        raise ImageError(f"{label}: not a recognised image format{hint}") from exc
+        raise NotAnImage(f"{label}: not a recognised image format{hint}") from exc
     except MemoryError as exc:
-        raise ImageError(f"{label}: out of memory while decoding") from exc
+        raise CorruptImage(f"{label}: out of memory while decoding") from exc
     except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, zlib errors, codec errors...
-        raise ImageError(f"{label}: cannot decode image: {_describe(exc)}") from exc
+        raise CorruptImage(f"{label}: cannot decode image: {_describe(exc)}") from exc
 
     return DecodedImage(path=path, image=rgb, metadata=metadata, pixel_sha256=_pixel_hash(rgb))
 
@@ -196,19 +203,19 @@ def _read_file(path: str, label: str) -> bytes:
         with open(path, "rb") as fh:
             return fh.read()
     except FileNotFoundError as exc:
-        raise ImageError(f"{label}: file not found") from exc
+        raise ImageUnreadable(f"{label}: file not found") from exc
     except IsADirectoryError as exc:
-        raise ImageError(f"{label}: is a directory, not an image file") from exc
+        raise ImageUnreadable(f"{label}: is a directory, not an image file") from exc
     except OSError as exc:
-        raise ImageError(f"{label}: cannot read file: {exc.strerror or exc}") from exc
+        raise ImageUnreadable(f"{label}: cannot read file: {exc.strerror or exc}") from exc
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, label: str) -> None:
     w, h = size
     if w <= 0 or h <= 0:
-        raise ImageError(f"{label}: invalid image size {w}x{h}")
+        raise CorruptImage(f"{label}: invalid image size {w}x{h}")
     if w * h > max_pixels:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{label}: image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
             "(possible decompression bomb; raise max_pixels to accept it)"
         )
@@ -269,7 +276,7 @@ def _to_rgb(im: Image.Image, label: str) -> Image.Image:
     try:
         return im.convert("RGB")
     except Exception as exc:  # noqa: BLE001
-        raise ImageError(f"{label}: cannot convert image mode {mode!r} to RGB: {_describe(exc)}") from exc
+        raise CorruptImage(f"{label}: cannot convert image mode {mode!r} to RGB: {_describe(exc)}") from exc
 
 
 def _cmyk_to_rgb(im: Image.Image) -> Image.Image:

@@ -36,6 +36,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,8 +44,12 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from ..config import Config
 from ..errors import ImageError, RindexError
-from .service import AttributionService, Overloaded, ServiceClosed, classify_image_error
+from .errors import Overloaded, ServiceClosed, classify_image_error
+from .service import AttributionService
+
+ConfigSource = str | os.PathLike | Mapping[str, Any] | Config | None
 
 _ATTRIBUTE_BODY = {
     "requestBody": {
@@ -75,7 +80,7 @@ class _HTTPError(Exception):
 
 
 def create_app(
-    config: Any = None,
+    config: ConfigSource = None,
     *,
     index: str | os.PathLike | None = None,
     device: str | None = None,
@@ -137,14 +142,17 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         items: list[tuple[str, bytes]] = []
         if ctype == "multipart/form-data":
-            request._body = body  # starlette parses the form from the cached body
+            # starlette parses the form from a request that replays the body already read (and limited)
             try:
-                form = await request.form(max_files=sc.max_images + 1, max_fields=sc.max_images + 16)
+                form = await _replay(request, body).form(max_files=sc.max_images + 1, max_fields=sc.max_images + 16)
             except Exception as exc:  # noqa: BLE001 - starlette's MultiPartException / HTTPException
                 raise _HTTPError(400, f"bad multipart body: {getattr(exc, 'detail', None) or exc}") from None
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    items.append((value.filename or key, await value.read()))
+            try:
+                for key, value in form.multi_items():
+                    if isinstance(value, UploadFile):
+                        items.append((value.filename or key, await value.read()))
+            finally:
+                await form.close()
         elif ctype in ("application/json", ""):
             import json
 
@@ -256,6 +264,15 @@ def create_app(
     return app
 
 
+def _replay(request: Request, body: bytes) -> Request:
+    """A request over the same scope whose body is ``body`` (the original's stream is consumed)."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: an ephemeral one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -267,7 +284,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: Any = None, *, index=None, device=None, host: str | None = None, port: int | None = None,
+def serve(config: ConfigSource = None, *, index: str | os.PathLike | None = None, device: str | None = None,
+          host: str | None = None, port: int | None = None,
           log_level: str = "warning", overrides: dict | None = None) -> None:
     """Run the server until interrupted (SIGINT/SIGTERM: finish in-flight requests, then stop)."""
     import uvicorn

@@ -32,12 +32,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
+
+V = TypeVar("V")
 
 MAX_PHASH_DISTANCE = 32
 #: Default Hamming distance for a perceptual match (64-bit pHash); see the module docstring.
@@ -63,25 +65,26 @@ def hamming(a: int, b: int) -> int:
 
 
 @dataclass(frozen=True)
-class ImageCacheHit:
+class ImageCacheHit(Generic[V]):
     kind: str  # "exact" | "perceptual"
-    value: Any
+    value: V
     distance: int  # Hamming distance of the pHashes (0 for exact)
-    snapshot: Any
+    snapshot: int | None
     provisional: bool
 
 
 @dataclass
-class _Entry:
-    value: Any
+class _Entry(Generic[V]):
+    value: V
     phash: int | None
     slot: int
-    snapshot: Any
+    snapshot: int | None
     provisional: bool
 
 
-class ImageCache:
-    """Pixel hash / pHash -> an earlier answer. ``phash_distance=-1`` disables perceptual matching."""
+class ImageCache(Generic[V]):
+    """Pixel hash / pHash -> an earlier answer of type ``V`` (the serving batcher stores compact JSON).
+    ``phash_distance=-1`` disables perceptual matching."""
 
     def __init__(self, capacity: int = 100_000, phash_distance: int = DEFAULT_PHASH_DISTANCE):
         if int(capacity) < 1:
@@ -91,8 +94,8 @@ class ImageCache:
         self.capacity = int(capacity)
         self.phash_distance = int(phash_distance)
         self._lock = threading.Lock()
-        self._floor: Any = None  # provisional answers of snapshots below this are not stored
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._floor: int | None = None  # provisional answers of snapshots below this are not stored
+        self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()
         self._codes = np.zeros(min(self.capacity, 1024), dtype=np.uint64)
         self._owners: list[str | None] = [None] * len(self._codes)
         self._valid = np.zeros(len(self._codes), dtype=bool)
@@ -105,7 +108,7 @@ class ImageCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, pixel_sha256: str, phash: int | None = None) -> ImageCacheHit | None:
+    def get(self, pixel_sha256: str, phash: int | None = None) -> ImageCacheHit[V] | None:
         """The entry of these exact pixels, else the nearest pHash within the distance, else None."""
         with self._lock:
             e = self._entries.get(pixel_sha256)
@@ -125,7 +128,7 @@ class ImageCache:
             self._entries.move_to_end(key)
             return ImageCacheHit("perceptual", e.value, d, e.snapshot, e.provisional)
 
-    def put(self, pixel_sha256: str, phash: int | None, value: Any, *, snapshot: Any = None,
+    def put(self, pixel_sha256: str, phash: int | None, value: V, *, snapshot: int | None = None,
             provisional: bool = False) -> None:
         """Store (or replace) the answer for these pixels."""
         with self._lock:
@@ -145,7 +148,7 @@ class ImageCache:
                 self._valid[slot] = True
             self._entries[pixel_sha256] = _Entry(value, phash, slot, snapshot, bool(provisional))
 
-    def drop_provisional(self, older_than: Any = None) -> int:
+    def drop_provisional(self, older_than: int | None = None) -> int:
         """Forget provisional entries (a newer index snapshot may answer them better); returns how many.
 
         With ``older_than`` (a snapshot id), only those computed on an older snapshot go, and from then on
@@ -177,7 +180,7 @@ class ImageCache:
             self._free.extend(range(n + grow - 1, n - 1, -1))
         return self._free.pop()
 
-    def _release(self, e: _Entry) -> None:
+    def _release(self, e: _Entry[V]) -> None:
         if e.slot >= 0:
             self._valid[e.slot] = False
             self._owners[e.slot] = None

@@ -1,26 +1,48 @@
 """``rindex query --stream``: attribute images named on stdin, one JSONL result per input as results come.
 
 Each input line is either a path, or a JSON object ``{"path": "a.png"}`` / ``{"image": "<base64>"}`` with an
-optional ``"id"`` (echoed in the result) and ``"name"``. Lines that arrive together are coalesced into one
-batch (up to ``serve.max_batch``, waiting at most ``serve.max_wait_ms`` for more), and an image-level cache
-(exact pixels and pHash, :mod:`resynth_index.serving.image_cache`) answers reposts without inversion. Each output line
-is the JSONL contract object plus ``image_cache`` (``exact``, ``perceptual`` or ``none``); a bad line or image
-gets ``{"path"..., "error"...}`` and the stream goes on. Output is flushed after every batch.
+optional ``"id"`` (echoed in the result) and ``"name"``. Images go through the same batcher as the HTTP
+service (:mod:`resynth_index.serving.batcher`): lines that arrive together are coalesced into one batch (up to
+``serve.max_batch``, waiting at most ``serve.max_wait_ms`` for more), and an image-level cache (exact pixels
+and pHash, :mod:`resynth_index.serving.image_cache`) answers reposts without inversion. Each output line is the
+JSONL contract object plus ``image_cache`` (``exact``, ``perceptual`` or ``none``; an image identical to an
+earlier one of its batch is ``exact``); a bad line or image gets ``{"path"..., "error"...}`` and the stream goes
+on. Results are written in input order and flushed as they are written; the next lines are decoded while a
+batch runs.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures as cf
 import json
 import queue
 import threading
 import time
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, Any
 
 from ..errors import ImageError
-from .image_cache import ImageCache, perceptual_hash
 from ..images.decode import decode_image
+from .batcher import Answer, Batcher, FixedEngine, TimedImage
+from .image_cache import ImageCache
+from .protocol import ServingEngine
+
+#: stages the stream reports for a computed image: its decode and the engine's, not the batcher's own
+_NOT_REPORTED = ("image_cache", "queue_wait")
+
+
+@dataclass
+class _Line:
+    """One input line on its way out: an error already, or a decoded image waiting for its answer."""
+
+    ident: Any
+    name: str
+    error: str | None = None
+    decode_seconds: float = 0.0
+    image: TimedImage | None = None  # until submitted
+    future: cf.Future | None = None
 
 
 def _parse(line: str, n: int):
@@ -43,7 +65,57 @@ def _parse(line: str, n: int):
     raise ValueError('a JSON input line needs "path" or "image"')
 
 
-def run_stream(engine, stdin: IO[str], stdout: IO[str], *, resynthesize: bool = True, top_k: int = 3) -> int:
+def _decode(line: str, n: int, max_pixels: int) -> _Line:
+    """Parse and decode input line ``n``; a bad line or image is an error line."""
+    ident, name = None, f"<line {n}>"
+    try:
+        ident, name, source = _parse(line, n)
+        t0 = time.perf_counter()
+        d = decode_image(source, max_pixels=max_pixels, name=name)
+        decode_s = time.perf_counter() - t0
+    except (ValueError, ImageError) as exc:
+        msg = str(exc) if isinstance(exc, ImageError) else f"{name}: {exc}"
+        return _Line(ident, name, error=msg)
+    return _Line(ident, name, decode_seconds=decode_s, image=TimedImage(d, decode_s))
+
+
+def _coalesce(lines: queue.Queue[str | None], max_batch: int, max_wait: float) -> tuple[list[str], bool]:
+    """The lines that arrive together: up to ``max_batch``, waiting at most ``max_wait`` seconds after the
+    first; and whether the input ended."""
+    first = lines.get()
+    if first is None:
+        return [], True
+    batch = [first]
+    end = time.monotonic() + max_wait
+    while len(batch) < max_batch:
+        try:
+            item = lines.get(timeout=max(0.0, end - time.monotonic()))
+        except queue.Empty:
+            break
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
+def _output(line: _Line) -> dict:
+    """The output object of one line (waits for its answer)."""
+    if line.error is not None:
+        return _with_id({"path": line.name, "error": line.error}, line.ident)
+    answer: Answer = line.future.result()
+    out = answer.result
+    if answer.image_cache == "none" and not answer.shared:
+        if "timings" in out:  # an error result carries none
+            out["timings"] = {k: round(v, 6) for k, v in answer.timings.items() if k not in _NOT_REPORTED}
+        out["image_cache"] = "none"
+    else:  # the image cache, or identical pixels earlier in the batch, answered: no inversion for this one
+        out.update(path=line.name, image_cache="exact" if answer.shared else answer.image_cache,
+                   timings={"decode": round(line.decode_seconds, 6)})
+    return _with_id(out, line.ident)
+
+
+def run_stream(engine: ServingEngine, stdin: IO[str], stdout: IO[str], *, resynthesize: bool = True,
+               top_k: int = 3) -> int:
     """Process ``stdin`` until EOF; returns the number of failed inputs."""
     sc = engine.config.serve
     try:
@@ -51,80 +123,60 @@ def run_stream(engine, stdin: IO[str], stdout: IO[str], *, resynthesize: bool = 
         distance = sc.phash_distance
     except ImportError:
         distance = -1  # exact repost matching only
-    cache = ImageCache(sc.image_cache_size, distance)
-    lines: queue.Queue[str | None] = queue.Queue()
+    cache: ImageCache[str] = ImageCache(sc.image_cache_size, distance)
+    batcher: Batcher[Answer] = Batcher(FixedEngine(engine, resynthesize=resynthesize), cache,
+                                       max_batch=sc.max_batch, max_wait_ms=sc.max_wait_ms, top_k=top_k)
+    raw: queue.Queue[str | None] = queue.Queue()
+    # Decoded lines in input order; bounded so that decoded images wait for the batcher, not pile up in memory.
+    out: queue.Queue[_Line | BaseException | None] = queue.Queue(maxsize=2 * batcher.max_batch)
+    stop = threading.Event()
 
-    def reader():
+    def read_stdin() -> None:
         for line in stdin:
             if line.strip():
-                lines.put(line)
-        lines.put(None)
+                raw.put(line)
+        raw.put(None)
 
-    threading.Thread(target=reader, name="rindex-stdin", daemon=True).start()
+    def put(item: _Line | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def decode_lines() -> None:
+        """Lines that arrive together are decoded, then submitted together, so that they share a batch."""
+        try:
+            n, eof = 0, False
+            while not eof and not stop.is_set():
+                group, eof = _coalesce(raw, batcher.max_batch, batcher.max_wait)
+                decoded = [_decode(line, n + k + 1, sc.max_pixels) for k, line in enumerate(group)]
+                n += len(group)
+                images = [d for d in decoded if d.image is not None]
+                futures = batcher.submit([d.image for d in images], [d.name for d in images]) if images else []
+                for d, future in zip(images, futures):
+                    d.image, d.future = None, future
+                for d in decoded:
+                    put(d)
+            put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
+            put(exc)
+
     failed = 0
-    n = 0
-    eof = False
-    while not eof:
-        first = lines.get()
-        if first is None:
-            break
-        batch = [first]
-        end = time.monotonic() + sc.max_wait_ms / 1000.0
-        while len(batch) < sc.max_batch:
-            try:
-                item = lines.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                eof = True
-                break
-            batch.append(item)
-        outputs: list[dict | None] = []
-        todo = []  # (position, id, name, decoded, phash, decode seconds)
-        in_batch: dict[str, int] = {}  # pixel hash -> position of its first occurrence in this batch
-        dups = []  # (position, id, name, position of the first occurrence, decode seconds)
-        for line in batch:
-            n += 1
-            ident, name = None, f"<line {n}>"
-            try:
-                ident, name, source = _parse(line, n)
-                t0 = time.perf_counter()
-                d = decode_image(source, max_pixels=sc.max_pixels, name=name)
-                decode_s = time.perf_counter() - t0
-            except (ValueError, ImageError) as exc:
-                msg = str(exc) if isinstance(exc, ImageError) else f"{name}: {exc}"
-                outputs.append(_with_id({"path": name, "error": msg}, ident))
-                continue
-            ph = perceptual_hash(d.image) if cache.perceptual else None
-            hit = cache.get(d.pixel_sha256, ph)
-            if hit is None and d.pixel_sha256 in in_batch:  # the same pixels earlier in this batch
-                outputs.append(None)
-                dups.append((len(outputs) - 1, ident, name, in_batch[d.pixel_sha256], decode_s))
-                continue
-            if hit is not None:
-                out = dict(hit.value)
-                out.update(path=name, image_cache=hit.kind, timings={"decode": round(decode_s, 6)})
-                outputs.append(_with_id(out, ident))
-            else:
-                outputs.append(None)
-                in_batch[d.pixel_sha256] = len(outputs) - 1
-                todo.append((len(outputs) - 1, ident, name, d, ph, decode_s))
-        if todo:
-            results = engine.attribute_decoded([t[3] for t in todo], names=[t[2] for t in todo],
-                                               resynthesize=resynthesize, top_k=top_k)
-            for (pos, ident, _name, d, ph, decode_s), res in zip(todo, results):
-                res.timings = {"decode": decode_s, **res.timings}
-                out = res.to_dict()
-                cache.put(d.pixel_sha256, ph, out)
-                outputs[pos] = _with_id({**out, "image_cache": "none"}, ident)
-        for pos, ident, name, first, decode_s in dups:
-            out = {k: v for k, v in outputs[first].items() if k != "id"}
-            out.update(path=name, image_cache="exact", timings={"decode": round(decode_s, 6)})
-            outputs[pos] = _with_id(out, ident)
-        for out in outputs:
-            failed += "error" in out
-            stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-        stdout.flush()
+    with batcher:
+        threading.Thread(target=read_stdin, name="rindex-stdin", daemon=True).start()
+        threading.Thread(target=decode_lines, name="rindex-stream-decode", daemon=True).start()
+        try:
+            while (item := out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                result = _output(item)
+                failed += "error" in result
+                stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+                stdout.flush()
+        finally:
+            stop.set()
     return failed
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from resynth_index.errors import ImageError
+from resynth_index.errors import CorruptImage, ImageError, ImageTooLarge, ImageUnreadable, NotAnImage
 from resynth_index.images.decode import MAX_PIXELS_DEFAULT, DecodedImage, decode_image, iter_image_paths
 
 
@@ -229,3 +229,75 @@ def test_iter_image_paths(tmp_path):
     got = list(iter_image_paths([tmp_path, extra]))
     rel = [str(p.relative_to(tmp_path)) for p in got]
     assert rel == ["a/1.JPG", "a/z.webp", "b/2.png", "top.gif", "a/notes.txt"]
+
+
+# ----------------------------------------------------------- each cause raises its own ImageError subclass
+# (callers such as the HTTP service choose by type, never by message)
+
+def _noise_png(size: int = 64) -> bytes:
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _raises(kind, *args, **kwargs) -> ImageError:
+    with pytest.raises(ImageError) as e:
+        decode_image(*args, **kwargs)
+    assert type(e.value) is kind, f"{type(e.value).__name__}: {e.value}"
+    return e.value
+
+
+def test_unreadable_missing_file_and_directory(tmp_path):
+    assert "file not found" in str(_raises(ImageUnreadable, tmp_path / "nowhere.png"))
+    assert "is a directory" in str(_raises(ImageUnreadable, tmp_path))
+
+
+def test_unreadable_on_an_os_error(tmp_path):
+    parent = tmp_path / "a_file.png"
+    parent.write_bytes(_noise_png())
+    # a path through a regular file: the OS refuses it (ENOTDIR), whoever runs the test
+    assert "cannot read file" in str(_raises(ImageUnreadable, parent / "inside.png"))
+
+
+def test_not_an_image_empty_text_and_unknown_bytes(tmp_path):
+    assert "empty file" in str(_raises(NotAnImage, b"", name="empty"))
+    p = tmp_path / "notes.png"
+    p.write_text("this is not an image\n")
+    assert "looks like text" in str(_raises(NotAnImage, p))
+    assert "not a recognised image format" in str(_raises(NotAnImage, b"\x00\x01\x02\x03garbage", name="blob"))
+
+
+def test_too_large_by_our_pixel_limit():
+    err = _raises(ImageTooLarge, _header_only_png(8000, 8000), name="bomb_8k.png")
+    assert "8000x8000" in str(err) and "limit" in str(err)
+    _raises(ImageTooLarge, Image.new("RGB", (100, 100)), name="tiny.png", max_pixels=9_999)
+
+
+def test_too_large_by_pillows_bomb_limit():
+    # 20000x20000 is above twice Pillow's MAX_IMAGE_PIXELS: Pillow refuses it even when our limit would not.
+    err = _raises(ImageTooLarge, _header_only_png(20000, 20000), name="bomb_20k.png", max_pixels=10**10)
+    assert "decompression bomb" in str(err)
+
+
+def test_corrupt_truncated_and_zero_size():
+    data = _noise_png()
+    err = _raises(CorruptImage, data[: len(data) // 2], name="cut.png")
+    assert "cannot decode image" in str(err)
+    # under a raised limit the header-only PNG reaches the decoder, which finds its pixel data missing
+    _raises(CorruptImage, _header_only_png(8000, 8000), name="short.png", max_pixels=70_000_000)
+
+
+def test_corrupt_when_the_mode_cannot_be_converted(monkeypatch):
+    img = Image.new("HSV", (4, 4))
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("conversion not supported")
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    assert "cannot convert image mode 'HSV'" in str(_raises(CorruptImage, img, name="hsv"))
+
+
+def test_every_type_is_an_image_error():
+    for kind in (ImageUnreadable, NotAnImage, ImageTooLarge, CorruptImage):
+        assert issubclass(kind, ImageError)

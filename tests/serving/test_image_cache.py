@@ -13,7 +13,8 @@ from PIL import Image, ImageFilter  # noqa: E402
 from resynth_index.errors import ConfigError  # noqa: E402
 from resynth_index.serving.image_cache import ImageCache, hamming, perceptual_hash  # noqa: E402
 from resynth_index.images.decode import decode_image  # noqa: E402
-from resynth_index.serving.service import BuildQueue, classify_image_error  # noqa: E402
+from resynth_index.serving.build_queue import BuildQueue  # noqa: E402
+from resynth_index.serving.errors import classify_image_error  # noqa: E402
 
 
 def _photo(seed: int, size=(96, 96)) -> Image.Image:

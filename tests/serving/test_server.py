@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +25,7 @@ from PIL import Image, PngImagePlugin  # noqa: E402
 from resynth_index import Attributor  # noqa: E402
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
 from resynth_index.cli import main  # noqa: E402
-from resynth_index.serving.service import BuildQueue, run_builder  # noqa: E402
+from resynth_index.serving.build_queue import BuildQueue, run_builder  # noqa: E402
 
 PROMPTS = read_prompt_file(PACKAGED_PROMPTS)
 BUILT = PROMPTS[:4]
