@@ -317,7 +317,7 @@ def serve(index, config, device, host, port, miss_policy, log_level, builder, on
     index = index if index is not None else default_index_dir()
     try:
         if builder:
-            from .serving.service import run_builder
+            from .serving.build_queue import run_builder
 
             logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
             built = run_builder(config, index=index, device=device, once=once, interval=interval,
@@ -367,8 +367,9 @@ def _int_list(ctx, param, value):
 @click.option("--build-limit", type=click.IntRange(min=0), default=24, show_default=True,
               help="Packaged prompts precomputed into each index that scores against the whole index.")
 @click.option("--shots", callback=_int_list, default="1,5,10", show_default=True, help="Few-shot gallery sizes.")
-@click.option("--baselines", default="seed002,seed000,fewshot", show_default=True,
-              help="Baselines to run beside ours (comma list, or 'none').")
+@click.option("--baselines", default="regeneration,resynthesis,fewshot", show_default=True,
+              help="Baselines to run beside ours (comma list, or 'none'): regeneration (Li, Qian, Zhang), "
+                   "resynthesis (Bongini et al.), fewshot (k-shot nearest neighbour).")
 @click.option("--benchmark", type=click.Path(path_type=Path), default=None,
               help="Reuse an existing benchmark (manifest.csv or its directory) instead of generating one.")
 @click.option("--no-html", is_flag=True, help="Skip the per-query HTML page.")
@@ -376,7 +377,7 @@ def _int_list(ctx, param, value):
               help="torch CPU threads (0: torch's default). 1 is much faster on a CPU shared with other jobs.")
 def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held_out, build_limit, shots, baselines,
              benchmark, no_html, threads):
-    """Measure accuracy on a held-out benchmark, clean and under seed 000's transforms, with baselines.
+    """Measure accuracy on a held-out benchmark, clean and under the Resynthesis paper's 17 transforms, with baselines.
 
     Without --index every variant gets a fresh index under OUT/index (the user's cache is never touched).
     """

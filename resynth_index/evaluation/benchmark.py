@@ -1,27 +1,27 @@
 """``rindex eval``: measure attribution accuracy the way the papers do, on a labelled held-out benchmark.
 
-The flow::
+The flow (the stages live in sibling modules; this one runs them and gathers the results)::
 
-    benchmark   N images per configured generator, held-out prompts and seeds (samples.write_samples),
+    benchmark   N images per configured generator, held-out prompts and seeds (samples.build_benchmark),
                 manifest.csv (file, generator, prompt, seed); some generators may be *held out* of the index
                 to test open-set rejection
-    conditions  clean + each robustness transform of seed 000 (transforms.py), applied to the queries only
-    variants    ours (the config as given) and the baselines, each with its own index directory:
-                  seed002  caption-style ranking: gamma regenerations, final-layer embedding, cosine, mean,
-                           restricted to the prompt's candidates
-                  seed000  one resynthesis, euclidean argmin (max of negative distance), restricted
-                  fewshot  k-shot nearest neighbour on the embedder, gallery = k reference images per generator
+    conditions  clean + each of the 17 query transforms of the Resynthesis paper (Bongini et al.,
+                transforms.py), applied to the queries only
+    variants    ours (the config as given) and the baselines (baselines.py), each with its own index directory:
+                  regeneration  Li, Qian, Zhang: γ regenerations, final-layer embedding, cosine, mean,
+                                restricted to the prompt's candidates
+                  resynthesis   Bongini et al.: one resynthesis, euclidean argmin (max of negative distance),
+                                restricted
+                  fewshot       k-shot nearest neighbour on the embedder, gallery = k reference images per generator
                 ours is also run clean at every gamma of the gamma sweep (its own index per gamma)
     queries     one at a time per engine variant (a stream: later queries may hit what earlier ones wrote
                 through); every model is loaded before timing starts; few-shot embeds a condition in one batch
-    metrics     top-1/top-3, per-generator accuracy, confusion matrix, macro one-vs-rest ROC-AUC over the known
-                generators, open-set AUROC and TPR at 5% FPR (known vs held-out, confidence = the top score),
-                generations per query, cache hit rate, seconds per query
+    retrieval   the reference-gallery features alone (embedder, spectrum, LIDA's low bit planes), resynthesis
+                alone, and both fused, by Rank-1 and mAP (run_retrieval)
+    metrics     metrics.py: top-1/top-3, per-generator accuracy, confusion matrix, macro one-vs-rest ROC-AUC over
+                the known generators, open-set AUROC and TPR at 5% FPR (known vs held-out, confidence = the top
+                score), generations per query, cache hit rate, seconds per query
     report      report.py: report.json, report.md, PNG plots, index.html
-
-All metrics are plain functions of (truth, prediction, scores) lists so that they can be tested against
-hand-computed cases. Closed-set metrics use only queries whose true generator is indexed; the open-set metrics
-use all queries.
 
 Example::
 
@@ -32,8 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import shutil
 import sys
 import time
@@ -46,196 +44,21 @@ from PIL import Image
 
 from ..config import Config, load_config
 from ..errors import ConfigError
-from ..attribution.scoring import UNKNOWN
+from .baselines import (
+    BASELINES,
+    canonical_baselines,
+    gallery_images,
+    regeneration_config,
+    restrict_generators,
+    resynthesis_config,
+    run_fewshot,
+    with_gamma,
+)
+from .metrics import condition_metrics, generator_ranking_metrics, pct, retrieval_metrics, with_costs
+from .samples import build_benchmark, read_benchmark
 from .transforms import Transform, parse_transforms
 
 CLEAN = "clean"
-FEWSHOT_SEED_BASE = 2_000_003  # gallery seeds: far from sample seeds (1_000_003 + ...) and candidate seeds (>= 2**32)
-BASELINES = ("seed002", "seed000", "fewshot")
-
-
-# ================================================================================================ metrics
-def ranked(scores: Mapping[str, float]) -> list[str]:
-    """Generators by decreasing score (ties: by name, for determinism)."""
-    return [g for g, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
-
-
-def topk_accuracy(truths: Sequence[str], scores: Sequence[Mapping[str, float]], k: int) -> float | None:
-    """Fraction of queries whose true generator is among the ``k`` best-scored ones."""
-    if not truths:
-        return None
-    return sum(t in ranked(s)[:k] for t, s in zip(truths, scores)) / len(truths)
-
-
-def accuracy(truths: Sequence[str], predictions: Sequence[str]) -> float | None:
-    """Fraction of predictions equal to the truth (an ``unknown`` prediction is wrong for a known query)."""
-    if not truths:
-        return None
-    return sum(t == p for t, p in zip(truths, predictions)) / len(truths)
-
-
-def per_class_accuracy(truths: Sequence[str], predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float | None]:
-    out = {}
-    for g in labels:
-        idx = [i for i, t in enumerate(truths) if t == g]
-        out[g] = sum(predictions[i] == g for i in idx) / len(idx) if idx else None
-    return out
-
-
-def confusion_matrix(truths: Sequence[str], predictions: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    """Rows = true generator (``labels``), columns = predicted (``labels`` + ``unknown`` for anything else)."""
-    columns = list(labels) + [UNKNOWN]
-    matrix = np.zeros((len(labels), len(columns)), dtype=int)
-    for t, p in zip(truths, predictions):
-        if t in labels:
-            matrix[labels.index(t), columns.index(p) if p in labels else len(labels)] += 1
-    return {"rows": list(labels), "columns": columns, "matrix": matrix.tolist()}
-
-
-def binary_auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
-    """ROC-AUC of scores where ``positive`` should score higher (ties count half); None without both classes."""
-    if not len(positive) or not len(negative):
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
-    return float(roc_auc_score(y, np.r_[np.asarray(positive, float), np.asarray(negative, float)]))
-
-
-def macro_roc_auc(truths: Sequence[str], scores: Sequence[Mapping[str, float]], labels: Sequence[str]) -> float | None:
-    """Mean over ``labels`` of the one-vs-rest ROC-AUC of that generator's score (classes lacking positives or
-    negatives are skipped). A query without a score for a generator counts as -inf for it."""
-    aucs = []
-    for g in labels:
-        s = [float(sc.get(g, -np.inf)) for sc in scores]
-        s = np.nan_to_num(np.asarray(s, float), neginf=-1e30)
-        pos = [v for v, t in zip(s, truths) if t == g]
-        neg = [v for v, t in zip(s, truths) if t != g]
-        a = binary_auroc(pos, neg)
-        if a is not None:
-            aucs.append(a)
-    return float(np.mean(aucs)) if aucs else None
-
-
-def _operating_point(positive, negative, max_fpr: float) -> tuple[float, float] | None:
-    """(best TPR, its threshold) over thresholds whose false-positive rate is at most ``max_fpr``
-    (accept = score >= threshold); None without both classes."""
-    if not len(positive) or not len(negative):
-        return None
-    from sklearn.metrics import roc_curve
-
-    y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
-    fpr, tpr, thr = roc_curve(y, np.r_[np.asarray(positive, float), np.asarray(negative, float)], drop_intermediate=False)
-    ok = np.flatnonzero(fpr <= max_fpr + 1e-12)  # roc_curve always starts at fpr 0 (threshold +inf)
-    best = ok[np.argmax(tpr[ok])]
-    return float(tpr[best]), float(thr[best])
-
-
-def tpr_at_fpr(positive: Sequence[float], negative: Sequence[float], max_fpr: float = 0.05) -> float | None:
-    """The best true-positive rate over thresholds whose false-positive rate is at most ``max_fpr``
-    (accept = score >= threshold)."""
-    point = _operating_point(positive, negative, max_fpr)
-    return None if point is None else point[0]
-
-
-def open_set_metrics(known_conf: Sequence[float], unknown_conf: Sequence[float], max_fpr: float = 0.05) -> dict[str, Any]:
-    """Known (indexed) queries vs held-out ones, each scored by its top score. ``threshold_at_{N}fpr`` is the
-    top-score cut-off of that operating point: use it as ``scoring.unknown_threshold`` to say "unknown" there."""
-    point = _operating_point(known_conf, unknown_conf, max_fpr)
-    pct = round(max_fpr * 100)
-    return {
-        "auroc": binary_auroc(known_conf, unknown_conf),
-        f"tpr_at_{pct}fpr": None if point is None else point[0],
-        f"threshold_at_{pct}fpr": None if point is None else point[1],
-        "n_known": len(known_conf),
-        "n_unknown": len(unknown_conf),
-    }
-
-
-def condition_metrics(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
-    """Every metric of one (variant, condition) from its per-query records.
-
-    A record has ``truth``, ``prediction``, ``scores`` (generator -> score), and optionally ``cache``
-    (hit|near|miss), ``error``. ``labels`` are the indexed (known) generators. Timings and generation counts are
-    added by the caller.
-    """
-    ok = [r for r in records if not r.get("error")]
-    known = [r for r in ok if r["truth"] in labels]
-    unknown = [r for r in ok if r["truth"] not in labels]
-    truths = [r["truth"] for r in known]
-    preds = [r["prediction"] for r in known]
-    scores = [r["scores"] for r in known]
-    conf = lambda rs: [max(r["scores"].values()) if r["scores"] else -1e30 for r in rs]  # noqa: E731
-    caches = [r.get("cache") for r in ok if r.get("cache")]
-    out = {
-        "n": len(records),
-        "n_known": len(known),
-        "errors": len(records) - len(ok),
-        "top1": accuracy(truths, preds),
-        "top3": topk_accuracy(truths, scores, 3),
-        "per_generator": per_class_accuracy(truths, preds, labels),
-        "confusion": confusion_matrix(truths, preds, list(labels)),
-        "macro_roc_auc": macro_roc_auc(truths, scores, labels),
-        "open_set": open_set_metrics(conf(known), conf(unknown)),
-    }
-    if caches:
-        counts = {s: caches.count(s) for s in ("hit", "near", "miss")}
-        out["cache"] = {**counts, "hit_rate": (counts["hit"] + counts["near"]) / len(caches)}
-    return out
-
-
-# ================================================================================================ benchmark
-@dataclass(frozen=True)
-class BenchmarkItem:
-    file: str
-    generator: str
-    prompt: str
-    seed: int
-
-
-def build_benchmark(attributor, outdir: str | Path, *, per_generator: int, generators: Sequence[str] | None = None) -> Path:
-    """Write the benchmark (held-out prompts and seeds, hashed names, no metadata) and return its manifest.
-
-    It is :func:`samples.write_samples`: prompts from ``data/sample_prompts.txt`` (never in the packaged build
-    list), seeds from ``SAMPLE_SEED_BASE`` (never a candidate seed).
-    """
-    from .samples import write_samples
-
-    gens = [attributor.config.generator(n) for n in generators] if generators else None
-    return write_samples(attributor, outdir, per_generator=per_generator, generators=gens)
-
-
-def read_benchmark(manifest: str | Path) -> list[BenchmarkItem]:
-    with Path(manifest).open(newline="", encoding="utf-8") as fh:
-        return [BenchmarkItem(r["file"], r["generator"], r.get("prompt", ""), int(r.get("seed") or 0)) for r in csv.DictReader(fh)]
-
-
-# ================================================================================================ variants
-def restrict_generators(config: Config, names: Sequence[str]) -> Config:
-    return dataclasses.replace(config, generators=tuple(g for g in config.generators if g.name in names))
-
-
-def seed002_config(config: Config, gamma: int = 4) -> Config:
-    """Seed 002: γ regenerations, the embedder's final layer, cosine, mean over candidates, restricted."""
-    return dataclasses.replace(
-        config,
-        resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma),
-        embedder=dataclasses.replace(config.embedder, layer=0),
-        scoring=dataclasses.replace(config.scoring, mode="restricted", aggregate="mean", distance="cosine"),
-    )
-
-
-def seed000_config(config: Config) -> Config:
-    """Seed 000: one resynthesis, euclidean distance, argmin (= max of the negative distance), restricted."""
-    return dataclasses.replace(
-        config,
-        resynthesis=dataclasses.replace(config.resynthesis, gamma=1),
-        scoring=dataclasses.replace(config.scoring, mode="restricted", aggregate="max", distance="euclidean"),
-    )
-
-
-def with_gamma(config: Config, gamma: int) -> Config:
-    return dataclasses.replace(config, resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma))
 
 
 @dataclass
@@ -248,8 +71,8 @@ class EvalOptions:
     held_out: Sequence[str] | str | None = "auto"  # "auto": the last generator when 3 or more are configured
     build_limit: int = 24  # packaged prompts precomputed into every index whose scoring uses the whole index
     shots: Sequence[int] = (1, 5, 10)
-    baselines: Sequence[str] = BASELINES
-    seed002_gamma: int = 4
+    baselines: Sequence[str] = BASELINES  # names from baselines.BASELINES (or their old aliases)
+    regeneration_gamma: int = 4
     html: bool = True
     benchmark: str | Path | None = None  # an existing manifest.csv (its images beside it) instead of building
     progress: bool = True
@@ -301,15 +124,6 @@ def _engine_records(engine, images: Sequence[Image.Image], truths: Sequence[str]
     return records, results, seconds, engine.images_generated - generated_before
 
 
-def _finish(metrics: dict, records, seconds: float, generations: int, extra: Mapping[str, Any] | None = None) -> dict:
-    n = max(1, len(records))
-    metrics["seconds_per_query"] = seconds / n
-    metrics["generations_per_query"] = generations / n
-    metrics.update(extra or {})
-    metrics["records"] = records
-    return metrics
-
-
 def _transformed(images: Sequence[Image.Image], t: Transform) -> list[Image.Image]:
     return [t(im, seed=i) for i, im in enumerate(images)]
 
@@ -350,20 +164,16 @@ def run_engine_variant(
                         "seconds": build_seconds, "images": build_images}
         for cond, images in conditions.items():
             records, results, seconds, gens = _engine_records(engine, images, truths, files)
-            out["conditions"][cond] = _finish(condition_metrics(records, labels), records, seconds, gens)
+            out["conditions"][cond] = with_costs(condition_metrics(records, labels), records, seconds, gens)
             if keep_results and cond == CLEAN:
                 kept = results
             m = out["conditions"][cond]
-            _log(opts, f"{name} [{cond}]: top-1 {_pct(m['top1'])}, {m['seconds_per_query']:.2f} s/query, "
+            _log(opts, f"{name} [{cond}]: top-1 {pct(m['top1'])}, {m['seconds_per_query']:.2f} s/query, "
                        f"{m['generations_per_query']:.2f} generations/query")
     finally:
         if not keep_results:
             engine.close()
     return (out, engine, kept) if keep_results else (out, engine, None)
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def _config_summary(config: Config) -> dict[str, Any]:
@@ -377,53 +187,20 @@ def _config_summary(config: Config) -> dict[str, Any]:
     }
 
 
-def gallery_images(engine, generators: Sequence[str], shots: int, prompts: Sequence[str]) -> dict[str, list[Image.Image]]:
-    """``shots`` reference images per generator: gallery prompts (the packaged build list, never a benchmark
-    prompt) and seeds from :data:`FEWSHOT_SEED_BASE` (never a benchmark seed)."""
-    out = {}
-    for gi, g in enumerate(generators):
-        chosen = [prompts[k % len(prompts)] for k in range(shots)]
-        seeds = [FEWSHOT_SEED_BASE + gi * 1000 + k for k in range(shots)]
-        out[g] = engine.generator(g).generate(chosen, seeds)
-    return out
-
-
-def retrieval_metrics(sims: np.ndarray, truths: Sequence[str], ref_labels: Sequence[str]) -> dict[str, float]:
-    """Seed 001's retrieval view: Rank-1 = the nearest reference's generator is right; mAP = the mean over
-    queries of the average precision of the ranked references (relevant: the query's generator)."""
-    from sklearn.metrics import average_precision_score
-
-    ref_labels = np.asarray(ref_labels)
-    rank1 = [ref_labels[int(np.argmax(row))] == t for row, t in zip(sims, truths)]
-    aps = [average_precision_score(ref_labels == t, row) for row, t in zip(sims, truths)]
-    return {"rank1": float(np.mean(rank1)), "map": float(np.mean(aps))}
-
-
-def generator_ranking_metrics(scores: Sequence[Mapping[str, float]], truths: Sequence[str]) -> dict[str, float]:
-    """Rank-1 and mAP of a per-generator score ranking (one relevant generator: AP = 1 / its rank)."""
-    rank1, aps = [], []
-    for s, t in zip(scores, truths):
-        order = ranked(s)
-        rank1.append(bool(order) and order[0] == t)
-        aps.append(1.0 / (order.index(t) + 1) if t in order else 0.0)
-    return {"rank1": float(np.mean(rank1)), "map": float(np.mean(aps))}
-
-
 def run_retrieval(engine, gallery: Mapping[str, Sequence[Image.Image]], images, truths, labels, shots_list,
                   ours_results, opts: EvalOptions) -> dict[str, Any]:
     """Rank-1 / mAP at each shot count for the reference gallery alone (embedder, spectrum and bit-plane
     features), for resynthesis alone, and fused: the engine itself with the first ``shots`` references of
     each indexed generator enrolled (clean queries; held-out generators are never enrolled)."""
-    from ..models.fingerprints import load_fingerprint
+    from ..models.fingerprints import fingerprint_from_config
     from ..gallery.references import real_set
 
     gc = engine.config.gallery
     known = [i for i, t in enumerate(truths) if t in labels]
     unseen = [i for i, t in enumerate(truths) if t not in labels]
     q_images, q_truths = [images[i] for i in known], [truths[i] for i in known]
-    spectrum = load_fingerprint("spectrum", window=gc.window, patches=gc.patches)
-    bitplane = load_fingerprint("bitplane", backbone=gc.backbone, layer=gc.layer, bits=gc.bits, patch=gc.patch,
-                                patches=gc.patches, device=engine.device)
+    spectrum = fingerprint_from_config(gc, engine.device, kind="spectrum")
+    bitplane = fingerprint_from_config(gc, engine.device, kind="bitplane")
     extractors = {  # method -> (feature id, function, centred on the real prototype like the engine's fingerprints)
         f"gallery: embedder ({engine.embedder.id})": (engine.embedder.id, engine.embedder.embed, False),
         "gallery: spectrum": (spectrum.id, spectrum.extract, True),
@@ -459,7 +236,7 @@ def run_retrieval(engine, gallery: Mapping[str, Sequence[Image.Image]], images, 
             "held_out_unknown": float(np.mean([results[i].prediction == "unknown" for i in unseen])) if unseen else None,
             "calibration": cal.to_dict() if cal is not None else None,
         })
-        _log(opts, f"retrieval {s}-shot: fused Rank-1 {_pct(fused['rank1'])}, mAP {fused['map']:.3f}")
+        _log(opts, f"retrieval {s}-shot: fused Rank-1 {pct(fused['rank1'])}, mAP {fused['map']:.3f}")
     return out
 
 
@@ -469,30 +246,6 @@ def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def fewshot_scores(query_vectors: np.ndarray, gallery: Mapping[str, np.ndarray], shots: int) -> list[dict[str, float]]:
-    """Nearest-neighbour cosine of each query to each generator's first ``shots`` references."""
-    return [{g: float((v[:shots] @ q).max()) for g, v in gallery.items()} for q in np.asarray(query_vectors)]
-
-
-def run_fewshot(engine, gallery, conditions, truths, files, labels, shots_list, opts: EvalOptions) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for shots in shots_list:
-        out[str(shots)] = {"config": {"shots": shots, "embedder": engine.embedder.id}, "conditions": {}}
-    for cond, images in conditions.items():
-        t0 = time.perf_counter()
-        q = engine.embedder.embed(list(images))
-        embed_seconds = time.perf_counter() - t0
-        for shots in shots_list:
-            t1 = time.perf_counter()
-            scores = fewshot_scores(q, gallery, shots)
-            seconds = embed_seconds + time.perf_counter() - t1
-            records = [{"file": f, "truth": t, "prediction": ranked(s)[0], "scores": s} for f, t, s in zip(files, truths, scores)]
-            out[str(shots)]["conditions"][cond] = _finish(condition_metrics(records, labels), records, seconds, 0)
-        _log(opts, f"fewshot [{cond}]: " + ", ".join(
-            f"{s}-shot {_pct(out[str(s)]['conditions'][cond]['top1'])}" for s in shots_list))
-    return out
 
 
 def nearest_candidates(engine, results, labels: Sequence[str], max_side: int = 128) -> list[dict[str, Any]]:
@@ -548,9 +301,7 @@ def run_evaluation(
             shutil.rmtree(index_dir)
     index_dir = Path(index_dir)
     transforms = parse_transforms(opts.transforms) if isinstance(opts.transforms, str) or opts.transforms is None else list(opts.transforms)
-    unknown_baselines = set(opts.baselines) - set(BASELINES)
-    if unknown_baselines:
-        raise ConfigError(f"unknown baseline(s) {', '.join(sorted(unknown_baselines))}; choose from {', '.join(BASELINES)}")
+    baselines = canonical_baselines(opts.baselines)
     gammas = sorted({int(g) for g in opts.gammas} | {config.resynthesis.gamma})
     held_out = resolve_held_out(config, opts.held_out)
     labels = [g.name for g in config.generators if g.name not in held_out]
@@ -616,24 +367,26 @@ def run_evaluation(
             })
 
         # ---- baselines
-        if "seed002" in opts.baselines:
+        if "regeneration" in baselines:
             v, _, _ = run_engine_variant(
-                "seed002", seed002_config(known_config, opts.seed002_gamma), index_dir / "seed002", conditions,
-                truths, files, device=device, build_prompts=[], share_from=ours_engine, opts=opts)
-            result["variants"]["seed002"] = v
-        if "seed000" in opts.baselines:
+                "regeneration", regeneration_config(known_config, opts.regeneration_gamma),
+                index_dir / "regeneration", conditions, truths, files, device=device, build_prompts=[],
+                share_from=ours_engine, opts=opts)
+            result["variants"]["regeneration"] = v
+        if "resynthesis" in baselines:
             v, _, _ = run_engine_variant(
-                "seed000", seed000_config(known_config), index_dir / "seed000", conditions, truths, files,
-                device=device, build_prompts=[], share_from=ours_engine, opts=opts)
-            result["variants"]["seed000"] = v
-        if "fewshot" in opts.baselines and opts.shots:
+                "resynthesis", resynthesis_config(known_config), index_dir / "resynthesis", conditions, truths,
+                files, device=device, build_prompts=[], share_from=ours_engine, opts=opts)
+            result["variants"]["resynthesis"] = v
+        if "fewshot" in baselines and opts.shots:
             shots = sorted({int(s) for s in opts.shots})
             gallery_prompts = read_prompt_file(PACKAGED_PROMPTS)
             t0 = time.perf_counter()
             refs = gallery_images(ours_engine, labels, shots[-1], gallery_prompts)
             gallery = {g: ours_engine.embedder.embed(ims) for g, ims in refs.items()}
             _log(opts, f"fewshot: gallery of {shots[-1]} per generator in {time.perf_counter() - t0:.1f}s")
-            for s, v in run_fewshot(ours_engine, gallery, conditions, truths, files, labels, shots, opts).items():
+            for s, v in run_fewshot(ours_engine, gallery, conditions, truths, files, labels, shots,
+                                     log=lambda m: _log(opts, m)).items():
                 result["variants"][f"fewshot-{s}"] = v
             result["fewshot"] = {
                 "shots": shots,

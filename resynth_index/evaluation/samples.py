@@ -1,4 +1,4 @@
-"""Labelled sample images from the zoo generators, for demos and accuracy tests.
+"""Labelled sample images from the zoo generators, for demos, accuracy tests and the ``rindex eval`` benchmark.
 
 Samples use prompts and seeds that ``rindex build`` never uses (``data/sample_prompts.txt``, seeds from
 :data:`SAMPLE_SEED_BASE`), carry no prompt in their metadata, and are named by a hash so that the file name does
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -51,3 +52,30 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     """File name -> true generator, from a manifest written by :func:`write_samples` (or by hand)."""
     with Path(path).open(newline="", encoding="utf-8") as fh:
         return {row["file"]: row["generator"] for row in csv.DictReader(fh)}
+
+
+# ------------------------------------------------------------------------------------------------ the eval benchmark
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One labelled query of the ``rindex eval`` benchmark: a row of its ``manifest.csv``."""
+
+    file: str
+    generator: str
+    prompt: str
+    seed: int
+
+
+def build_benchmark(attributor, outdir: str | Path, *, per_generator: int, generators: Sequence[str] | None = None) -> Path:
+    """Write the benchmark (held-out prompts and seeds, hashed names, no metadata) and return its manifest.
+
+    It is :func:`write_samples`: prompts from ``data/sample_prompts.txt`` (never in the packaged build list),
+    seeds from ``SAMPLE_SEED_BASE`` (never a candidate seed).
+    """
+    gens = [attributor.config.generator(n) for n in generators] if generators else None
+    return write_samples(attributor, outdir, per_generator=per_generator, generators=gens)
+
+
+def read_benchmark(manifest: str | Path) -> list[BenchmarkItem]:
+    """Every row of a benchmark manifest (``prompt`` and ``seed`` may be missing in a hand-written one)."""
+    with Path(manifest).open(newline="", encoding="utf-8") as fh:
+        return [BenchmarkItem(r["file"], r["generator"], r.get("prompt", ""), int(r.get("seed") or 0)) for r in csv.DictReader(fh)]

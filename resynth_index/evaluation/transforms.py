@@ -1,4 +1,6 @@
-"""The robustness transforms of seed 000, applied to *query* images only (never to candidates or the gallery).
+"""The robustness transforms of the Resynthesis paper, applied to *query* images only (never to candidates or
+the gallery): Bongini, Molinari, Costanzo, Tondi, Barni, "Training-free Source Attribution of AI-generated Images
+via Resynthesis" (arXiv 2510.24278, WIFS 2025).
 
 Seventeen transforms, each a small function ``f(image, *, seed=0, **params) -> PIL.Image`` (8-bit RGB in, 8-bit
 RGB out) with documented parameters and defaults inside the ranges the paper evaluates. Every transform is
@@ -55,7 +57,7 @@ def _to_float(image: Image.Image) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- the 17
 def jpeg(image: Image.Image, *, quality: int = 75, seed: int = 0) -> Image.Image:
-    """JPEG round trip at ``quality`` (seed 000: 50–100)."""
+    """JPEG round trip at ``quality`` (the paper: 50–100)."""
     return _encode(image, "JPEG", quality=int(quality))
 
 
@@ -65,13 +67,13 @@ def webp(image: Image.Image, *, quality: int = 75, seed: int = 0) -> Image.Image
 
 
 def resize(image: Image.Image, *, factor: float = 0.5, seed: int = 0) -> Image.Image:
-    """Rescale both sides by ``factor`` (seed 000: 0.4–2.0), bicubic; the image keeps its new size."""
+    """Rescale both sides by ``factor`` (the paper: 0.4–2.0), bicubic; the image keeps its new size."""
     w, h = image.size
     return _rgb(image).resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC)
 
 
 def crop(image: Image.Image, *, fraction: float = 0.7, seed: int = 0) -> Image.Image:
-    """Keep a ``fraction`` of each side (seed 000: 50–90%) at a position drawn from ``seed``."""
+    """Keep a ``fraction`` of each side (the paper: 50–90%) at a position drawn from ``seed``."""
     if not 0 < fraction <= 1:
         raise ConfigError(f"crop: fraction must be in (0, 1], got {fraction}")
     w, h = image.size
@@ -82,7 +84,7 @@ def crop(image: Image.Image, *, fraction: float = 0.7, seed: int = 0) -> Image.I
 
 
 def rotate(image: Image.Image, *, degrees: float = 5.0, seed: int = 0) -> Image.Image:
-    """Rotate by ``degrees`` (counter-clockwise; seed 000: ±5°), same size, corners filled by edge colour."""
+    """Rotate by ``degrees`` (counter-clockwise; the paper: ±5°), same size, corners filled by edge colour."""
     img = _rgb(image)
     fill = tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(axis=0))
     return img.rotate(float(degrees), resample=Image.BICUBIC, expand=False, fillcolor=fill)

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from resynth_index.errors import ConfigError
-from resynth_index.evaluation.benchmark import (
+from resynth_index.evaluation.baselines import BASELINES, canonical_baselines
+from resynth_index.evaluation.metrics import (
     accuracy,
     binary_auroc,
     condition_metrics,
@@ -158,12 +159,12 @@ def test_eval_writes_the_report(tiny_eval):
     assert report["benchmark"]["queries"] == 6
     assert report["benchmark"]["indexed"] == KNOWN_GENERATORS and report["benchmark"]["held_out"] == ["tiny-sd"]
     assert report["conditions"] == ["clean", "jpeg(quality=50)", "greyscale()"]
-    assert set(report["variants"]) == {"ours", "seed002", "seed000", "fewshot-1", "fewshot-2"}
+    assert set(report["variants"]) == {"ours", "regeneration", "resynthesis", "fewshot-1", "fewshot-2"}
     assert [g["gamma"] for g in report["gamma_sweep"]] == [1, 2]
-    assert report["variants"]["seed002"]["config"]["aggregate"] == "mean"
-    assert report["variants"]["seed000"]["config"]["distance"] == "euclidean"
+    assert report["variants"]["regeneration"]["config"]["aggregate"] == "mean"
+    assert report["variants"]["resynthesis"]["config"]["distance"] == "euclidean"
     md = (out / "report.md").read_text()
-    assert "| clean |" in md and "seed 000" in md and "1-shot NN" in md
+    assert "| clean |" in md and "resynthesis, Bongini et al." in md and "1-shot NN" in md
     rt = report["retrieval"]
     methods = {r["method"] for r in rt["rows"]}
     assert {"gallery: spectrum", "gallery: bit planes (LIDA)", "resynthesis (ours)"} <= methods
@@ -176,7 +177,7 @@ def test_eval_writes_the_report(tiny_eval):
         if r["method"].startswith(("resynthesis", "fused")):
             assert r["map"] == pytest.approx((1 + r["rank1"]) / 2)
     assert [o["shots"] for o in rt["open_set"]] == [1, 2] and rt["open_set"][1]["held_out_unknown"] is not None
-    assert "Retrieval (seed 001)" in md and "bit planes (LIDA)" in md
+    assert "Retrieval (LIDA, Wang et al.)" in md and "bit planes (LIDA)" in md
     assert "| clean |" in run.stdout  # the accuracy table also goes to stdout
     html = (out / "index.html").read_text()
     assert html.count("class='q'") == 6 and "data:image/png;base64," in html
@@ -223,6 +224,16 @@ def test_eval_usage_errors_exit_2(tmp_path):
     assert bad.returncode == 2 and "unknown transform 'nope'" in bad.stderr
     bad = rindex("eval", "--out", str(tmp_path / "o"), "--held-out", "no-such-generator")
     assert bad.returncode == 2 and "no-such-generator" in bad.stderr and "Traceback" not in bad.stderr
+    # the old baseline names stay accepted: only the unknown one is named
+    bad = rindex("eval", "--out", str(tmp_path / "o"), "--baselines", "seed002,seed000,fewshot,bogus")
+    assert bad.returncode == 2 and "unknown baseline(s) bogus;" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_old_baseline_names_are_aliases():
+    assert canonical_baselines(["seed002", "seed000", "fewshot"]) == BASELINES == ("regeneration", "resynthesis", "fewshot")
+    assert canonical_baselines(["resynthesis", "seed000"]) == ("resynthesis",)
+    with pytest.raises(ConfigError, match="nonsense"):
+        canonical_baselines(["nonsense"])
 
 
 # ------------------------------------------------------------------------------------------ headless Chromium
