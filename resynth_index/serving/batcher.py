@@ -46,6 +46,22 @@ IDLE_SECONDS = 0.5
 """How long the worker waits for an image before it calls :meth:`BatchPolicy.idle`."""
 
 
+def coalesce(q: queue.Queue[T | None], first: T, max_items: int, max_wait: float) -> tuple[list[T], bool]:
+    """``first`` and whatever else arrives on ``q`` within ``max_wait`` seconds of it, up to ``max_items``;
+    and whether the end marker (None) was taken from ``q``."""
+    batch = [first]
+    end = time.monotonic() + max_wait
+    while len(batch) < max_items:
+        try:
+            item = q.get(timeout=max(0.0, end - time.monotonic()))
+        except queue.Empty:
+            break
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
 @dataclass(frozen=True)
 class TimedImage:
     """A decoded image and the seconds its decoding took (reported as its ``decode`` timing)."""
@@ -256,7 +272,7 @@ class Batcher(Generic[T]):
                 continue
             if first is None:
                 break
-            batch, stop = self._coalesce(first)
+            batch, stop = coalesce(self._jobs, first, self.max_batch, self.max_wait)
             with self._lock:
                 self._pending -= len(batch)
             try:
@@ -274,21 +290,6 @@ class Batcher(Generic[T]):
                 break
             if job is not None:
                 _resolve(job.future, exc=ServiceClosed("the service is shutting down"))
-
-    def _coalesce(self, first: _Job) -> tuple[list[_Job], bool]:
-        """The batch that starts with ``first``, and whether the close marker was met."""
-        batch = [first]
-        end = time.monotonic() + self.max_wait
-        while len(batch) < self.max_batch:
-            left = end - time.monotonic()
-            try:
-                job = self._jobs.get(timeout=left) if left > 0 else self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                return batch, True
-            batch.append(job)
-        return batch, False
 
     def _run(self, batch: list[_Job]) -> None:
         now_mono, now = time.monotonic(), time.perf_counter()

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from ..errors import ImageError
 from ..images.decode import decode_image
-from .batcher import Answer, Batcher, FixedEngine, TimedImage
+from .batcher import Answer, Batcher, FixedEngine, TimedImage, coalesce
 from .image_cache import ImageCache
 from .protocol import ServingEngine
 
@@ -85,17 +85,7 @@ def _coalesce(lines: queue.Queue[str | None], max_batch: int, max_wait: float) -
     first = lines.get()
     if first is None:
         return [], True
-    batch = [first]
-    end = time.monotonic() + max_wait
-    while len(batch) < max_batch:
-        try:
-            item = lines.get(timeout=max(0.0, end - time.monotonic()))
-        except queue.Empty:
-            break
-        if item is None:
-            return batch, True
-        batch.append(item)
-    return batch, False
+    return coalesce(lines, first, max_batch, max_wait)
 
 
 def _output(line: _Line) -> dict:
