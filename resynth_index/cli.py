@@ -42,6 +42,19 @@ def _device_option(f):
     return click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (overrides the config).")(f)
 
 
+def _progress_option(f):
+    return click.option(
+        "--progress/--no-progress",
+        "progress",
+        default=None,
+        help="Progress bar with ETA on stderr (default: only when stderr is a terminal).",
+    )(f)
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
 def _engine(config, index, device, readonly=False):
     from .attribution.engine import Attributor
 
@@ -66,13 +79,15 @@ def main() -> None:
 @click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompt list, one per line (default: the config's, else the packaged list of 120).")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Use only the first N prompts.")
-def build(index, config, device, prompts, limit):
+@_progress_option
+def build(index, config, device, prompts, limit, progress):
     """Precompute candidate embeddings for a prompt list (resumable: cached prompts are skipped)."""
     from .attribution.engine import read_prompt_file
 
     try:
         with _engine(config, index, device) as engine:
-            report = engine.build(read_prompt_file(prompts) if prompts else None, limit=limit)
+            report = engine.build(read_prompt_file(prompts) if prompts else None, limit=limit,
+                                  progress=_show_progress(progress))
             click.echo(
                 f"built {report.built} prompt(s), skipped {report.skipped} already cached, "
                 f"{report.images} image(s) generated in {report.seconds:.1f}s -> {engine.index_dir}",
@@ -128,7 +143,8 @@ def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
               help="CSV with file,generator columns: print the true source beside each prediction and the accuracy.")
 @click.option("--stream", is_flag=True,
               help="Read image paths or JSONL objects from stdin; write JSONL as results come (README: Serving).")
-def query(images, index, config, device, fmt, no_resynth, top_k, manifest, stream):
+@_progress_option
+def query(images, index, config, device, fmt, no_resynth, top_k, manifest, stream, progress):
     """Attribute images (files or directories, recursed). Misses resynthesize and write through."""
     from .evaluation.samples import read_manifest
 
@@ -150,7 +166,8 @@ def query(images, index, config, device, fmt, no_resynth, top_k, manifest, strea
         truth = read_manifest(manifest) if manifest else None
         with _engine(config, index, device, readonly=False) as engine:
             existing = [p for p in images if p.exists()]
-            results = engine.attribute(existing, resynthesize=not no_resynth, top_k=top_k) if existing else []
+            results = (engine.attribute(existing, resynthesize=not no_resynth, top_k=top_k,
+                                        progress=_show_progress(progress)) if existing else [])
     except (RindexError, OSError, KeyError) as exc:
         _fail(exc)
     from .attribution.engine import Attribution
@@ -174,7 +191,8 @@ def query(images, index, config, device, fmt, no_resynth, top_k, manifest, strea
 @_index_option
 @_config_option
 @_device_option
-def enroll(name, images, index, config, device):
+@_progress_option
+def enroll(name, images, index, config, device, progress):
     """Add reference images (files or directories) to generator NAME's gallery.
 
     NAME need not be configured: an enrolled name is a candidate of every query (gallery-only when it has no
@@ -183,7 +201,7 @@ def enroll(name, images, index, config, device):
     """
     try:
         with _engine(config, index, device) as engine:
-            report = engine.enroll(name, images, progress=True)
+            report = engine.enroll(name, images, progress=_show_progress(progress))
             counts = engine.gallery.generators()
             view = engine.gallery_view()  # None until an AI generator has references
             cal = view.calibration if view is not None else None

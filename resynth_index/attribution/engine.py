@@ -234,11 +234,13 @@ class Attributor:
         *,
         resynthesize: bool = True,
         top_k: int = 3,
+        progress: bool = False,
     ) -> list[Attribution]:
         """Attribute images: paths (directories are recursed), bytes, or PIL images. One result per image.
 
         A broken input gets a result with ``error`` set; the others are unaffected. Misses resynthesize and
-        write through unless ``resynthesize`` is False (then only cached evidence is used).
+        write through unless ``resynthesize`` is False (then only cached evidence is used), ``build.batch_size``
+        prompts at a time; ``progress`` shows their progress (prompts pending, images answered, ETA) on stderr.
         """
         from ..images.decode import decode_image, iter_image_paths
 
@@ -268,7 +270,7 @@ class Attributor:
             results.append(res)
             decoded.append((res, d))
         if decoded:
-            self._attribute_decoded(decoded, resynthesize=resynthesize, top_k=top_k)
+            self._attribute_decoded(decoded, resynthesize=resynthesize, top_k=top_k, progress=progress)
         return results
 
     def attribute_decoded(
@@ -313,7 +315,7 @@ class Attributor:
         return other
 
     def _attribute_decoded(self, decoded, *, resynthesize: bool, top_k: int,
-                           resynthesis_budget: float | None = None) -> None:
+                           resynthesis_budget: float | None = None, progress: bool = False) -> None:
         """Run the query steps of :mod:`~resynth_index.attribution.query` over ``(result, decoded image)`` pairs."""
         batch = query.QueryBatch([res for res, _ in decoded], [d for _, d in decoded])
         ns = self.namespaces
@@ -325,7 +327,8 @@ class Attributor:
                                                 seconds_per_prompt=self.resynthesis_seconds_per_prompt)
             if misses:
                 per_prompt = query.resynthesize_misses(batch, misses, resynthesize=self._resynthesize, cache=cache,
-                                                       namespaces=ns)
+                                                       namespaces=ns, group=self.config.build.batch_size,
+                                                       progress=progress)
                 prev = self.resynthesis_seconds_per_prompt
                 self.resynthesis_seconds_per_prompt = per_prompt if prev is None else 0.7 * prev + 0.3 * per_prompt
         evidence = query.gather_evidence(batch, cache=cache, namespaces=ns, scoring=self.config.scoring,

@@ -106,22 +106,37 @@ def misses_within_budget(batch: QueryBatch, *, budget: float | None,
 
 def resynthesize_misses(batch: QueryBatch, misses: Mapping[str, list[Attribution]], *,
                         resynthesize: Callable[[list[str]], Any], cache: CandidateCache,
-                        namespaces: Mapping[str, str]) -> float:
-    """Resynthesize the ``misses`` (one raw prompt each), charge the time to the images waiting for them, and
-    look every missed image up again. Returns the seconds spent per prompt.
+                        namespaces: Mapping[str, str], group: int = 8, progress: bool = False) -> float:
+    """Resynthesize the ``misses`` (one raw prompt each) ``group`` prompts at a time (each group commits on its
+    own, as a build batch does), charge the time to the images waiting for them, and look every missed image up
+    again. Returns the seconds spent per prompt.
 
+    ``progress`` shows a bar on stderr: prompts resynthesized and pending, images answered, and the ETA.
     A miss left out by the budget keeps ``cache == "miss"`` and gets no ``resynthesize`` timing: that is how a
     caller tells it apart (its evidence is what the cache held)."""
+    from tqdm.auto import tqdm
+
+    groups = list(misses.values())
+    waiting = sum(len(g) for g in groups)
     t0 = time.perf_counter()
-    resynthesize([group[0].prompt for group in misses.values()])
+    with tqdm(total=len(groups), unit="prompt", desc="resynthesize", disable=not progress, dynamic_ncols=True,
+              leave=False) as bar:
+        answered = len(batch) - waiting
+        bar.set_postfix(images=f"{answered}/{len(batch)}")
+        for i in range(0, len(groups), max(1, group)):
+            chunk = groups[i : i + max(1, group)]
+            resynthesize([g[0].prompt for g in chunk])
+            answered += sum(len(g) for g in chunk)
+            bar.set_postfix(images=f"{answered}/{len(batch)}")
+            bar.update(len(chunk))
     elapsed = time.perf_counter() - t0
-    per_miss = elapsed / sum(len(group) for group in misses.values())
-    for group in misses.values():
-        for res in group:
+    per_miss = elapsed / waiting
+    for g in groups:
+        for res in g:
             res.timings["resynthesize"] = per_miss
     batch.lookups = [cache.lookup(res.prompt, namespaces) if res.cache == "miss" else lookup
                      for lookup, res in zip(batch.lookups, batch.results)]
-    return elapsed / len(misses)
+    return elapsed / len(groups)
 
 
 def gather_evidence(batch: QueryBatch, *, cache: CandidateCache | None, namespaces: Mapping[str, str],
