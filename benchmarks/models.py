@@ -1,11 +1,15 @@
 """Model-layer benchmark: seconds per image of each zoo generator (batch 1 and 4), each embedder and inverter.
 
+Generators: batch 1; batch 4 as configured by default (on CPU batch-invariant: one pipeline call per image, so
+about the batch-1 figure); and batch 4 with ``batch_invariant = false`` (one pipeline call for all four), with
+its speed-up over the default batch 4.
+
 Every figure is the median of ``--repeat`` timed calls after one warm-up call, all in this one run.
 With ``--full`` (meant for a GPU) it also times full-size architectures built from their published configs
 with random weights (timings do not depend on trained weights): a Stable Diffusion 1.5 UNet + VAE decode at
 512 px per denoising step, and open_clip ViT-L-14 images/s at batch 64.
 
-Usage: python benchmarks/models.py [--repeat 3] [--device cpu] [--full]
+Usage: python benchmarks/models.py [--repeat 3] [--device cpu] [--threads 0] [--full]
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import resynth_index  # noqa: E402,F401 - torchvision compatibility step first
 import torch  # noqa: E402
 
-from resynth_index.devices import resolve_device  # noqa: E402
+from resynth_index.devices import apply_thread_policy, resolve_device  # noqa: E402
 from resynth_index.models.embedders import load_embedder  # noqa: E402
 from resynth_index.config import GeneratorSettings  # noqa: E402
 from resynth_index.models.generators import load_generator  # noqa: E402
@@ -84,7 +88,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--full", action="store_true", help="also time full-size SD 1.5 and ViT-L-14 (for a GPU)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the thread policy's automatic count)")
+    ap.add_argument("--generators-only", action="store_true", help="time the zoo generators only")
     args = ap.parse_args()
+    apply_thread_policy(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     rows: list[tuple[str, str]] = []
@@ -94,8 +101,14 @@ def main() -> None:
         gen = load_generator(GeneratorSettings(name=name, source=f"zoo:{name}", batch_size=4), device=device)
         b1 = per_item(lambda: gen.generate(prompts[:1], [0]), 1, args.repeat, device)
         b4 = per_item(lambda: gen.generate(prompts, [0, 1, 2, 3]), 4, args.repeat, device)
+        whole = load_generator(GeneratorSettings(name=name, source=f"zoo:{name}", batch_size=4, batch_invariant=False),
+                               device=device)
+        w4 = per_item(lambda: whole.generate(prompts, [0, 1, 2, 3]), 4, args.repeat, device)
         rows.append((f"zoo:{name} s/image batch 1", f"{b1:.3f}"))
-        rows.append((f"zoo:{name} s/image batch 4", f"{b4:.3f}"))
+        rows.append((f"zoo:{name} s/image batch 4 (batch_invariant={gen.batch_invariant})", f"{b4:.3f}"))
+        rows.append((f"zoo:{name} s/image batch 4 (batch_invariant=False)", f"{w4:.3f}  ({b4 / w4:.2f}x)"))
+    if args.generators_only:
+        return print_rows(rows, device)
 
     rng = np.random.default_rng(0)
     pil = [Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)) for _ in range(16)]
@@ -119,7 +132,10 @@ def main() -> None:
 
     if args.full:
         rows += full_size(device, args.repeat)
+    print_rows(rows, device)
 
+
+def print_rows(rows: list[tuple[str, str]], device) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"device: {device}  torch {torch.__version__}  threads {torch.get_num_threads()}")
     print(f"{'measure'.ljust(width)}  value")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .config import default_index_dir
+from .config import MAX_THREADS, default_index_dir
 from .errors import RindexError
 
 FORMATS = ("table", "jsonl", "csv")
@@ -51,6 +51,33 @@ def _progress_option(f):
     )(f)
 
 
+def _threads_option(f):
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=0, max=MAX_THREADS),
+        default=None,
+        help="CPU threads for torch, FAISS and BLAS (0: automatic, see README 'Threads'; default: the config's).",
+    )(f)
+
+
+def _configured(config, threads):
+    """The config with ``--threads`` over its ``threads`` key, the thread policy applied before any model loads
+    (a bad config exits 2 here)."""
+    import dataclasses
+
+    from .config import load_config
+    from .devices import apply_thread_policy
+
+    try:
+        cfg = load_config(config)
+        if threads is not None:
+            cfg = dataclasses.replace(cfg, threads=threads)
+        apply_thread_policy(cfg.threads)
+    except RindexError as exc:
+        _fail(exc)
+    return cfg
+
+
 def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
@@ -80,8 +107,10 @@ def main() -> None:
               help="Prompt list, one per line (default: the config's, else the packaged list of 120).")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Use only the first N prompts.")
 @_progress_option
-def build(index, config, device, prompts, limit, progress):
+@_threads_option
+def build(index, config, device, prompts, limit, progress, threads):
     """Precompute candidate embeddings for a prompt list (resumable: cached prompts are skipped)."""
+    config = _configured(config, threads)
     from .attribution.engine import read_prompt_file
 
     try:
@@ -144,8 +173,10 @@ def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
 @click.option("--stream", is_flag=True,
               help="Read image paths or JSONL objects from stdin; write JSONL as results come (README: Serving).")
 @_progress_option
-def query(images, index, config, device, fmt, no_resynth, top_k, manifest, stream, progress):
+@_threads_option
+def query(images, index, config, device, fmt, no_resynth, top_k, manifest, stream, progress, threads):
     """Attribute images (files or directories, recursed). Misses resynthesize and write through."""
+    config = _configured(config, threads)
     from .evaluation.samples import read_manifest
 
     if stream:
@@ -192,13 +223,15 @@ def query(images, index, config, device, fmt, no_resynth, top_k, manifest, strea
 @_config_option
 @_device_option
 @_progress_option
-def enroll(name, images, index, config, device, progress):
+@_threads_option
+def enroll(name, images, index, config, device, progress, threads):
     """Add reference images (files or directories) to generator NAME's gallery.
 
     NAME need not be configured: an enrolled name is a candidate of every query (gallery-only when it has no
     source). The reserved NAME "real" enrols real photos, which calibrate the real/AI gate. An image that
     cannot be decoded is named and skipped; the others are enrolled (exit 1 then).
     """
+    config = _configured(config, threads)
     try:
         with _engine(config, index, device) as engine:
             report = engine.enroll(name, images, progress=_show_progress(progress))
@@ -247,8 +280,10 @@ def unenroll(name, index):
 @_index_option
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def info(index, config, as_json):
-    """Describe an index: prompts, vectors per generator, disk size, namespaces, index types."""
+@_threads_option
+def info(index, config, as_json, threads):
+    """Describe an index: prompts, vectors per generator, disk size, namespaces, index types, thread count."""
+    config = _configured(config, threads)
     try:
         with _engine(config, index, "cpu", readonly=True) as engine:
             data = engine.info()
@@ -300,8 +335,10 @@ def zoo_export(name, directory):
 @_config_option
 @_device_option
 @click.option("--per-generator", type=click.IntRange(min=1), default=3, show_default=True)
-def zoo_samples(outdir, config, device, per_generator):
+@_threads_option
+def zoo_samples(outdir, config, device, per_generator, threads):
     """Write labelled samples (held-out prompts and seeds, no metadata) and OUTDIR/manifest.csv."""
+    config = _configured(config, threads)
     from .attribution.engine import Attributor
     from .evaluation.samples import write_samples
 
@@ -328,8 +365,10 @@ def zoo_samples(outdir, config, device, per_generator):
 @click.option("--once", is_flag=True, help="--builder: drain the queue, then exit.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="--builder: seconds between polls of the queue.")
-def serve(index, config, device, host, port, miss_policy, log_level, builder, once, interval):
+@_threads_option
+def serve(index, config, device, host, port, miss_policy, log_level, builder, once, interval, threads):
     """Serve the HTTP API (POST /v1/attribute, /v1/health, /v1/index, /metrics; docs at /docs)."""
+    config = _configured(config, threads)
     import logging
 
     index = index if index is not None else default_index_dir()
@@ -391,14 +430,14 @@ def _int_list(ctx, param, value):
 @click.option("--benchmark", type=click.Path(path_type=Path), default=None,
               help="Reuse an existing benchmark (manifest.csv or its directory) instead of generating one.")
 @click.option("--no-html", is_flag=True, help="Skip the per-query HTML page.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="torch CPU threads (0: torch's default). 1 is much faster on a CPU shared with other jobs.")
+@_threads_option
 def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held_out, build_limit, shots, baselines,
              benchmark, no_html, threads):
     """Measure accuracy on a held-out benchmark, clean and under the Resynthesis paper's 17 transforms, with baselines.
 
     Without --index every variant gets a fresh index under OUT/index (the user's cache is never touched).
     """
+    config = _configured(config, threads)
     from .evaluation.benchmark import EvalOptions, run_evaluation
     from .evaluation.report import accuracy_table
 
@@ -408,10 +447,6 @@ def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held
         baselines=tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none"),
         html=not no_html, benchmark=benchmark,
     )
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     try:
         result = run_evaluation(config, out, opts, index_dir=index, device=device)
     except RindexError as exc:

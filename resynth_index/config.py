@@ -6,6 +6,7 @@ embedder with its real ImageNet weights, and metadata-first then ImageNet-label 
 Example (every key, with its default unless marked)::
 
     device = "auto"                 # auto | cpu | cuda | cuda:N, for every model
+    threads = 0                     # CPU threads for torch, FAISS and BLAS; 0 = automatic (README "Threads")
 
     [resynthesis]
     gamma = 1                       # candidates per generator per prompt, 1..256 (1 keeps the default build under 3 min)
@@ -18,6 +19,9 @@ Example (every key, with its default unless marked)::
     layer = -1                      # -1: the kind's default (efficientnet-lite0: block stage 4; open_clip: final)
                                     # 0: the final embedding; N: block N (open_clip: CLS token of block N)
     batch_size = 32
+    runtime = "auto"                # auto | torch | onnxruntime (auto: ONNX Runtime on the CPU when the
+                                    # [onnx] extra is installed, efficientnet-lite0 only; else torch)
+    share_forward = true            # one pass per image when the inverter runs the embedder's network
 
     [inverter]
     chain = ["metadata", "label"]   # tried in order per image: metadata | label | blip | clip-interrogator
@@ -89,6 +93,8 @@ Example (every key, with its default unless marked)::
     revision = "main"
     dtype = "auto"
     batch_size = 4
+    batch_invariant = true          # (default: true on CPU, false on CUDA) one pipeline call per image, so the
+                                    # images do not depend on the batch; false on CPU: batch_size per call
 """
 
 from __future__ import annotations
@@ -124,6 +130,8 @@ class EmbedderConfig:
     pretrained: str = ""
     layer: int = -1
     batch_size: int = 32
+    runtime: str = "auto"
+    share_forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,10 @@ class GeneratorSettings:
     defaults (or those an exported zoo directory carries), else 25 steps, guidance 7.5 and the pipeline's own
     size. ``scheduler`` is a diffusers scheduler class name (``"DPMSolverMultistepScheduler"``) built from the
     pipeline's scheduler config; None keeps the pipeline's. ``dtype`` ``auto`` means bf16/fp16 on CUDA, fp32 on
-    CPU. ``batch_size`` is how many images one pipeline call makes (it never changes the images).
+    CPU. ``batch_size`` is how many images one pipeline call makes when batches run whole.
+    ``batch_invariant`` (None: True on CPU, False on CUDA) runs one pipeline call per image, so that an image is
+    bit-identical whatever the batch size; False on CPU batches ``batch_size`` images per call, faster but equal
+    to single calls only up to floating-point rounding (it then enters the cache namespace).
     """
 
     name: str
@@ -223,6 +234,7 @@ class GeneratorSettings:
     revision: str | None = None
     dtype: str = "auto"
     batch_size: int = 4
+    batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
         label = f"generator {self.name!r}" if isinstance(self.name, str) and self.name else "generator"
@@ -244,6 +256,8 @@ class GeneratorSettings:
             raise ConfigError(f"{label}: 'guidance' must be a number >= 0, got {self.guidance!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ConfigError(f"{label}: 'batch_size' must be a positive integer, got {self.batch_size!r}")
+        if self.batch_invariant is not None and not isinstance(self.batch_invariant, bool):
+            raise ConfigError(f"{label}: 'batch_invariant' must be true or false, got {self.batch_invariant!r}")
         if self.dtype not in GENERATOR_DTYPES:
             raise ConfigError(f"{label}: 'dtype' must be one of {', '.join(GENERATOR_DTYPES)}; got {self.dtype!r}")
         for key in ("scheduler", "revision"):
@@ -262,6 +276,7 @@ def _default_generators() -> tuple[GeneratorSettings, ...]:
 @dataclass(frozen=True)
 class Config:
     device: str = "auto"
+    threads: int = 0
     resynthesis: ResynthesisConfig = field(default_factory=ResynthesisConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     inverter: InverterConfig = field(default_factory=InverterConfig)
@@ -281,6 +296,7 @@ class Config:
 
 _CHOICES = {
     "embedder.kind": ("efficientnet-lite0", "open_clip"),
+    "embedder.runtime": ("auto", "torch", "onnxruntime"),
     "inverter.chain": ("metadata", "label", "blip", "clip-interrogator"),
     "cache.prompt_embedder": ("minilm", "clip", "none"),
     "scoring.mode": ("restricted", "unrestricted", "both"),
@@ -299,7 +315,10 @@ _POSITIVE = {
     "gallery.layer", "gallery.bits", "gallery.patch", "gallery.window", "gallery.patches", "gallery.target_fpr",
 }
 
-_RANGES = {"resynthesis.gamma": (1, MAX_GAMMA)}  # inclusive bounds
+#: Most CPU threads the ``threads`` key accepts (0 = automatic; see devices.apply_thread_policy).
+MAX_THREADS = 4096
+
+_RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "threads": (0, MAX_THREADS)}  # inclusive bounds
 
 
 def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) -> Any:

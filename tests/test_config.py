@@ -50,6 +50,10 @@ def test_unknown_key_is_named(data, named):
         ({"gallery": {"open_set": "yes"}}, "true or false"),
         ({"generators": [{"name": "a", "source": "x"}, {"name": "a", "source": "y"}]}, "duplicated"),
         ({"inverter": {"chain": ["metadata", "ocr"]}}, "inverter.chain"),
+        ({"threads": -1}, "'threads' must be between 0 and"),
+        ({"threads": "auto"}, "'threads' must be an integer"),
+        ({"generators": [{"name": "a", "source": "zoo:tiny-sd", "batch_invariant": "no"}]},
+         "'generators.batch_invariant' must be true or false"),
     ],
 )
 def test_bad_values_are_named(data, fragment):
@@ -83,3 +87,12 @@ def test_a_generator_without_source_is_gallery_only():
     assert config.generator("vendor-x").source == ""
     with pytest.raises(ConfigError, match="gallery-only"):
         load_generator(config.generator("vendor-x"), device="cpu")
+
+
+def test_threads_and_batch_invariant_keys():
+    cfg = load_config(None)
+    assert cfg.threads == 0  # automatic
+    assert all(g.batch_invariant is None for g in cfg.generators)  # the device's default
+    cfg = load_config({"threads": 3, "generators": [{"name": "a", "source": "zoo:tiny-sd", "batch_invariant": False}]})
+    assert cfg.threads == 3
+    assert cfg.generators[0].batch_invariant is False

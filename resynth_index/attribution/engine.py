@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from PIL import Image
 
 from ..config import Config, default_index_dir, load_config
-from ..devices import resolve_device
+from ..devices import apply_thread_policy, ensure_thread_policy, resolve_device, thread_report
 from ..errors import ConfigError, RindexError, UsageError
 from ..store.keys import normalize_prompt
 from . import query
@@ -72,6 +73,8 @@ class Attributor:
 
     ``config`` is a TOML path, a dict of the same shape, a :class:`Config`, or None for the embedded default.
     ``device`` overrides the config's device. ``readonly`` opens the cache for reading only (no write-through).
+    ``threads`` overrides the config's ``threads`` (0: automatic); the thread policy is process-wide and applied
+    here (see :func:`~resynth_index.devices.apply_thread_policy`), and :attr:`threads` is the count in effect.
     """
 
     def __init__(
@@ -81,8 +84,12 @@ class Attributor:
         index: str | os.PathLike | None = None,
         device: str | None = None,
         readonly: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.config = load_config(config)
+        if threads is not None:
+            self.config = dataclasses.replace(self.config, threads=threads)
+        self.threads = apply_thread_policy(self.config.threads)
         self.index_dir = Path(index) if index is not None else default_index_dir()
         self.device = resolve_device(device or self.config.device)
         self.readonly = readonly
@@ -222,6 +229,7 @@ class Attributor:
         """Generate, embed and commit the missing candidates of ``prompts``; returns images generated."""
         if self.readonly:
             raise RindexError("the index is open read-only: cannot resynthesize")
+        ensure_thread_policy()  # FAISS's thread count is per OS thread (a serving worker, say)
         images = resynthesize_missing(prompts, settings=self.config.resynthesis, namespaces=self.namespaces,
                                       cache=self.cache, generator=self.generator, embedder=self.embedder)
         self.images_generated += images
@@ -317,6 +325,7 @@ class Attributor:
     def _attribute_decoded(self, decoded, *, resynthesize: bool, top_k: int,
                            resynthesis_budget: float | None = None, progress: bool = False) -> None:
         """Run the query steps of :mod:`~resynth_index.attribution.query` over ``(result, decoded image)`` pairs."""
+        ensure_thread_policy()  # FAISS's thread count is per OS thread (a serving worker, say)
         batch = query.QueryBatch([res for res, _ in decoded], [d for _, d in decoded])
         ns = self.namespaces
         cache = self.cache if ns else None  # open it (and load the prompt embedder) before any stage is timed
@@ -341,6 +350,7 @@ class Attributor:
         info = dict(self.cache.info())
         info["index"] = str(self.index_dir)
         info["config_namespaces"] = dict(self.namespaces)
+        info["threads"] = thread_report()
         view = self.gallery_view()
         info["gallery"] = {
             "references": self.gallery.generators(),

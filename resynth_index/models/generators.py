@@ -15,7 +15,7 @@ builds one from :class:`GeneratorSettings`; the ``source`` says where the weight
 Determinism: every image has its own CPU ``torch.Generator`` seeded with its seed (diffusers draws the initial
 latents from it on the CPU, then moves them), so an image depends only on ``(prompt, seed, settings)``, and on
 the device only through floating-point rounding. On CPU images are also bit-identical whatever the batch size
-(see ``batch_invariant`` in :class:`Generator`).
+(see ``batch_invariant`` in :class:`Generator`), unless the generator's ``batch_invariant = false``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ from ..devices import autocast_dtype, resolve_device
 from ..errors import ConfigError, ModelNotAvailableError
 from .._quiet import quiet_loading
 
-__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_STEPS", "Generator", "GeneratorSettings", "generator_namespace", "load_generator"]
+__all__ = [
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_STEPS",
+    "Generator",
+    "GeneratorSettings",
+    "default_batch_invariant",
+    "generator_namespace",
+    "load_generator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +93,11 @@ class Generator:
         # than one with 16), so a row computed in a batch of 4 can differ in the last bit from the same row
         # computed alone, and that shows as +-1 pixel values. Bit-exact independence from the batch size
         # therefore needs every image computed with the same shapes: one pipeline call per image. That is the
-        # default on CPU (where batching gains little); on CUDA batches run whole, for throughput.
-        self.batch_invariant = device.type == "cpu" if batch_invariant is None else bool(batch_invariant)
+        # default on CPU; on CUDA batches run whole, for throughput. ``batch_invariant = false`` in a generator's
+        # settings batches on CPU too (benchmarks/models.py measures the gain).
+        if batch_invariant is None:
+            batch_invariant = settings.batch_invariant
+        self.batch_invariant = default_batch_invariant(device) if batch_invariant is None else bool(batch_invariant)
         self._call_params = set(inspect.signature(pipeline.__call__).parameters)
         self._extra_kwargs = self._pipeline_specific_kwargs()
         self._lock = threading.Lock()
@@ -177,6 +188,7 @@ def generator_namespace(settings: GeneratorSettings, device: str | torch.device 
     query answered from the cache never needs to load a pipeline to compute its key.
     """
     source = settings.source.strip()
+    torch_device = resolve_device(device)
     defaults: dict = {}
     if source.startswith(_ZOO_PREFIX):
         from . import zoo
@@ -194,15 +206,25 @@ def generator_namespace(settings: GeneratorSettings, device: str | torch.device 
         else:
             identity = {"source": source, "revision": _cached_commit(source, settings.revision) or settings.revision}
     guidance = settings.guidance if settings.guidance is not None else defaults.get("guidance", DEFAULT_GUIDANCE)
-    return {
+    namespace = {
         **identity,
         "scheduler": settings.scheduler,
         "steps": settings.steps or defaults.get("steps") or DEFAULT_STEPS,
         "guidance": float(guidance),
         "height": settings.height or defaults.get("height"),
         "width": settings.width or defaults.get("width"),
-        "dtype": str(_resolve_dtype(settings, resolve_device(device))).removeprefix("torch."),
+        "dtype": str(_resolve_dtype(settings, torch_device)).removeprefix("torch."),
     }
+    # Only a batching mode other than the device's default enters, so existing indexes keep their namespaces.
+    if settings.batch_invariant is not None and settings.batch_invariant != default_batch_invariant(torch_device):
+        namespace["batch_invariant"] = settings.batch_invariant
+    return namespace
+
+
+def default_batch_invariant(device: torch.device) -> bool:
+    """Whether a generator on ``device`` runs one pipeline call per image unless its settings say otherwise:
+    True on CPU (bit-exact whatever the batch size), False elsewhere (whole batches, for throughput)."""
+    return device.type == "cpu"
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -213,8 +235,9 @@ def load_generator(
 ) -> Generator:
     """Load the pipeline that ``settings.source`` names and wrap it as a :class:`Generator` on ``device``.
 
-    ``batch_invariant`` (default: True on CPU, False on CUDA) makes images bit-identical whatever the batch
-    size, at the cost of one pipeline call per image (see :class:`Generator`).
+    ``batch_invariant`` (default: the settings' ``batch_invariant``, else True on CPU and False on CUDA) makes
+    images bit-identical whatever the batch size, at the cost of one pipeline call per image (see
+    :class:`Generator`). An argument that differs from the settings is not reflected in :meth:`Generator.namespace`.
 
     Raises :class:`ModelNotAvailableError` when the source cannot be found (a hub id not in the local HF cache
     while the hub is unreachable or ``HF_HUB_OFFLINE`` is set, a missing directory, an unknown zoo name) or

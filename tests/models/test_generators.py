@@ -1,5 +1,6 @@
 """Generator loading and sampling, on the built-in zoo (real diffusers pipelines with random weights)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from resynth_index.errors import ConfigError, ModelNotAvailableError
 from resynth_index.config import GeneratorSettings
@@ -213,8 +215,73 @@ def test_namespace_is_json_and_tracks_every_sampling_setting(generators):
     assert generator_namespace(GeneratorSettings("other-name", "zoo:tiny-sd", steps=STEPS, batch_size=1), "cpu") == base
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_invariant_false_batches_on_cpu(generators, name):
+    """One pipeline call for the whole batch: the denoiser sees all four images (twice, for classifier-free
+    guidance) at every step, and the images equal one direct batched call of the same pipeline."""
+    gen = load_generator(GeneratorSettings(name, "zoo:" + name, steps=STEPS, batch_size=4, batch_invariant=False),
+                         device="cpu")
+    assert not gen.batch_invariant and generators[name].batch_invariant
+    denoiser = getattr(gen.pipeline, "unet", None) or gen.pipeline.transformer
+    batches = []
+
+    def record(module, args, kwargs):
+        latents = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        batches.append(latents.shape[0])
+
+    hook = denoiser.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        images = gen.generate(PROMPTS, SEEDS)
+    finally:
+        hook.remove()
+    calls = len(batches)  # denoiser calls per pipeline call: the steps (some schedulers add one)
+    assert calls >= STEPS and batches == [2 * len(PROMPTS)] * calls
+    direct = gen.pipeline(
+        prompt=PROMPTS, num_inference_steps=gen.steps, guidance_scale=gen.guidance, height=gen.height,
+        width=gen.width, generator=[torch.Generator("cpu").manual_seed(s) for s in SEEDS], output_type="pil",
+        **gen._extra_kwargs,
+    ).images
+    for one, other in zip(images, direct):
+        assert np.array_equal(pixels(one), pixels(other))
+    # the invariant default makes one call per image: the same denoiser sees batches of 2
+    batches.clear()
+    hook = (getattr(generators[name].pipeline, "unet", None) or generators[name].pipeline.transformer
+            ).register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        generators[name].generate(PROMPTS[:2], SEEDS[:2])
+    finally:
+        hook.remove()
+    assert batches == [2] * (2 * calls)
+
+
+def test_batch_invariant_enters_the_namespace_only_when_not_the_default():
+    from resynth_index.attribution.resynthesis import cache_namespaces
+    from resynth_index.config import load_config
+
+    base = GeneratorSettings("a", "zoo:tiny-sd")
+    default = generator_namespace(base, "cpu")
+    assert "batch_invariant" not in default  # existing indexes keep their namespaces
+    assert generator_namespace(dataclasses.replace(base, batch_invariant=True), "cpu") == default
+    batched = generator_namespace(dataclasses.replace(base, batch_invariant=False), "cpu")
+    assert batched == {**default, "batch_invariant": False}
+    # on CUDA whole batches are the default, so there it is the other way round
+    cuda = torch.device("cuda")
+    on_cuda = dataclasses.replace(base, dtype="float32")
+    assert generator_namespace(dataclasses.replace(on_cuda, batch_invariant=False), cuda) == generator_namespace(
+        on_cuda, cuda)
+    assert generator_namespace(dataclasses.replace(on_cuda, batch_invariant=True), cuda)["batch_invariant"] is True
+    # and the digest the cache keys vectors on follows it
+    table = {"name": "a", "source": "zoo:tiny-sd"}
+    cpu = torch.device("cpu")
+    plain = cache_namespaces(load_config({"generators": [table]}), cpu, "embedder")
+    same = cache_namespaces(load_config({"generators": [{**table, "batch_invariant": True}]}), cpu, "embedder")
+    other = cache_namespaces(load_config({"generators": [{**table, "batch_invariant": False}]}), cpu, "embedder")
+    assert plain == same and plain["a"] != other["a"]
+
+
 def test_settings_are_validated():
-    for bad in ({"steps": 0}, {"batch_size": 0}, {"dtype": "float64"}, {"height": 60}, {"guidance": -1.0}):
+    for bad in ({"steps": 0}, {"batch_size": 0}, {"dtype": "float64"}, {"height": 60}, {"guidance": -1.0},
+                {"batch_invariant": "yes"}):
         with pytest.raises(ConfigError):
             GeneratorSettings("x", "zoo:tiny-sd", **bad)
     with pytest.raises(ConfigError):
