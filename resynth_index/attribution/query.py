@@ -62,15 +62,28 @@ class GatheredEvidence:
 def invert_and_look_up(batch: QueryBatch, *, inverter: Inverter | None, embedder: Embedder,
                        cache: CandidateCache | None, namespaces: Mapping[str, str]) -> None:
     """Invert each image to a prompt, embed it, and look its prompt up in the cache. With no runnable
-    generator (``namespaces`` empty: a gallery-only config) there is nothing to invert or look up."""
-    n = len(batch)
-    t0 = time.perf_counter()
-    inversions = inverter.invert(batch.images) if namespaces else [None] * n
-    per_invert = (time.perf_counter() - t0) / n
+    generator (``namespaces`` empty: a gallery-only config) there is nothing to invert or look up.
 
-    t0 = time.perf_counter()
-    batch.vectors = embedder.embed([d.image for d in batch.images])
-    per_embed = (time.perf_counter() - t0) / n
+    Where a stage of the inverter runs the embedder's network (the default label inverter and embedder; the
+    CLIP interrogator and an open_clip embedder of the same model), the network runs once per image and both
+    take their output from that pass (:mod:`~resynth_index.models.shared_forward`; same results as two
+    passes): then ``embed`` times that pass and ``invert`` the rest of the inversion."""
+    from ..models.shared_forward import shared_forward
+
+    n = len(batch)
+    shared = shared_forward(inverter, embedder) if namespaces else None
+    if shared is not None:
+        done = shared.invert_and_embed(batch.images)
+        inversions, batch.vectors = done.inversions, done.embeddings
+        per_invert, per_embed = done.invert_seconds / n, done.embed_seconds / n
+    else:
+        t0 = time.perf_counter()
+        inversions = inverter.invert(batch.images) if namespaces else [None] * n
+        per_invert = (time.perf_counter() - t0) / n
+
+        t0 = time.perf_counter()
+        batch.vectors = embedder.embed([d.image for d in batch.images])
+        per_embed = (time.perf_counter() - t0) / n
 
     batch.lookups = []
     for res, inv in zip(batch.results, inversions):

@@ -17,6 +17,12 @@ Two kinds:
     square generator output and upsamples small images to the same scale as large ones. The network and its
     preprocessing are :mod:`resynth_index.models.backbones`', shared with the label inverter and the
     bit-plane fingerprint.
+    ``runtime`` runs it in eager torch or, on the CPU, in ONNX Runtime (exported from the same network at
+    first use, in memory): ``auto`` (the default) takes ONNX Runtime when the ``onnxruntime`` package is
+    installed and the device is the CPU, else torch. ONNX Runtime is 2-4x faster on the CPU and its vectors
+    differ from torch's by about 1e-5 (``benchmarks/inference.py``); like the difference between a GPU's
+    bf16 and the CPU's float32 (far larger), that is below what the cache namespace tells apart, so the
+    runtime is not part of the id.
 
 ``open_clip``
     Any open_clip model by name (``ViT-B-32``, ``ViT-L-14``...) with a ``pretrained`` tag, a local weights
@@ -30,7 +36,9 @@ Two kinds:
     Face terms) are reported on.
 
 :func:`load_embedder` builds one by kind and keyword arguments; :func:`embedder_from_config` maps the
-``[embedder]`` table onto it.
+``[embedder]`` table onto it. :meth:`Embedder.embed_with` also returns, from the same forward pass, an output
+an inverter reads from the same network (the ImageNet logits, or CLIP's projected image features); see
+:mod:`resynth_index.models.shared_forward`.
 
 Example::
 
@@ -42,6 +50,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -51,11 +60,15 @@ from PIL import Image
 
 from ..config import EmbedderConfig
 from ..devices import autocast_dtype, resolve_device
-from ..errors import ConfigError, UsageError
+from ..errors import ConfigError, ModelNotAvailableError, UsageError
 from .backbones import (
     EFFICIENTNET_BLOCKS,
+    NetworkUse,
     as_rgb,
+    efficientnet_onnx,
     efficientnet_preprocess,
+    efficientnet_tail,
+    efficientnet_trunk,
     load_efficientnet_lite0,
     load_open_clip,
     open_clip_source,
@@ -63,13 +76,17 @@ from .backbones import (
 )
 
 EMBEDDER_KINDS = ("efficientnet-lite0", "open_clip")
+EMBEDDER_RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 class Embedder:
-    """Maps images to L2-normalised float32 rows. Subclasses implement :meth:`_forward`."""
+    """Maps images to L2-normalised float32 rows. Subclasses implement :meth:`_forward`, and those whose
+    network another model can share also :meth:`network_use` and :meth:`_forward_with`."""
 
     id: str
     dim: int
+    #: what else one forward pass of :meth:`embed_with` can give (``"logits"``, ``"image_features"``)
+    extra_outputs: frozenset[str] = frozenset()
 
     def __init__(self, *, id: str, dim: int, device: torch.device, batch_size: int = 32) -> None:
         if batch_size < 1:
@@ -78,6 +95,9 @@ class Embedder:
         self.dim = int(dim)
         self.device = device
         self.batch_size = int(batch_size)
+        #: False makes the query path run an inverter that shares this network in a pass of its own (the
+        #: results are the same; benchmarks use it to time the two-pass path)
+        self.share_forward = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, dim={self.dim}, device={str(self.device)!r})"
@@ -90,20 +110,45 @@ class Embedder:
         """(n, 3, H, W) on the device to (n, dim) features (not yet normalised)."""
         raise NotImplementedError
 
+    def network_use(self) -> NetworkUse | None:
+        """The network, preprocessing and device of this embedder's forward pass, when another model may share
+        it (see :mod:`resynth_index.models.shared_forward`); None when none can."""
+        return None
+
+    def _forward_with(self, batch: torch.Tensor, output: str, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_forward` of ``batch`` and, from the same pass, ``output`` for the batch rows ``rows``."""
+        raise NotImplementedError
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed ``images``: (n, dim) float32, every row of L2 norm 1 (a zero feature row stays zero).
 
         Deterministic; batched internally by ``batch_size``; under ``torch.inference_mode`` and, on a GPU,
         autocast to bf16/fp16 (the output is float32 whatever the compute precision)."""
+        return self._embed(images, None, ())[0]
+
+    def embed_with(self, images: Sequence[Image.Image], output: str,
+                   rows: Sequence[int]) -> tuple[np.ndarray, torch.Tensor]:
+        """:meth:`embed` of ``images`` (the same rows, bit for bit) and, from the same forward passes,
+        ``output`` (one of :attr:`extra_outputs`) for the images at the indices ``rows``, in ascending order:
+        a tensor on the device with one row per index, in the compute precision (no extra work is done for
+        images outside ``rows``)."""
+        if output not in self.extra_outputs:
+            raise UsageError(f"embedder {self.id} cannot give {output!r} from its forward pass")
+        return self._embed(images, output, rows)
+
+    def _embed(self, images, output: str | None, rows: Sequence[int]) -> tuple[np.ndarray, torch.Tensor]:
         if isinstance(images, Image.Image):
             images = [images]
         images = list(images)
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
+        wanted = sorted(set(int(r) for r in rows))
+        if wanted and not 0 <= wanted[0] <= wanted[-1] < len(images):
+            raise UsageError(f"embed_with: rows {wanted} out of range for {len(images)} images")
         out = np.empty((len(images), self.dim), dtype=np.float32)
+        extras: list[torch.Tensor] = []
         dtype = autocast_dtype(self.device)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
+            local = [r - start for r in wanted if start <= r < start + len(chunk)]
             x = torch.stack([self.preprocess(_rgb(im)) for im in chunk]).to(self.device)
             with torch.inference_mode():
                 ctx = (
@@ -112,11 +157,15 @@ class Embedder:
                     else contextlib.nullcontext()
                 )
                 with ctx:
-                    feats = self._forward(x)
+                    if local:
+                        feats, extra = self._forward_with(x, output, local)
+                        extras.append(extra)
+                    else:
+                        feats = self._forward(x)
                 feats = feats.float()
                 feats = torch.nn.functional.normalize(feats, dim=-1, eps=1e-12)
             out[start : start + len(chunk)] = feats.cpu().numpy()
-        return out
+        return out, (torch.cat(extras) if extras else torch.empty(0))
 
 
 def _rgb(im: Image.Image) -> Image.Image:
@@ -140,9 +189,20 @@ class EfficientNetLite0Embedder(Embedder):
     choice, so it is the default of the ``efficientnet-lite0`` kind.
     """
 
-    def __init__(self, *, device: torch.device, batch_size: int = 32, layer: int | None = None) -> None:
+    extra_outputs = frozenset({"logits"})
+
+    def __init__(self, *, device: torch.device, batch_size: int = 32, layer: int | None = None,
+                 runtime: str = "torch") -> None:
         self.model = load_efficientnet_lite0(device)
         self.layer = layer
+        self._preprocess = efficientnet_preprocess
+        if runtime not in ("torch", "onnxruntime"):
+            raise ConfigError(f"embedder.runtime: expected 'torch' or 'onnxruntime' here, got {runtime!r}")
+        if runtime == "onnxruntime" and resolve_device(device).type != "cpu":
+            raise ConfigError(f"embedder.runtime: onnxruntime runs on the CPU only, the device is {device}")
+        #: "torch" or "onnxruntime": what runs the network (not part of the id, see the module docstring)
+        self.runtime = runtime
+        self._onnx = efficientnet_onnx(layer) if runtime == "onnxruntime" else None
         if layer is None:
             super().__init__(id="efficientnet-lite0:imagenet:pool", dim=1280, device=device, batch_size=batch_size)
         else:
@@ -152,16 +212,24 @@ class EfficientNetLite0Embedder(Embedder):
             )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return efficientnet_preprocess(image)
+        return self._preprocess(image)
+
+    def network_use(self) -> NetworkUse:
+        return NetworkUse(self.model, self._preprocess, self.device)
+
+    def _trunk(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._onnx is not None:
+            return self._onnx.trunk(batch)
+        return efficientnet_trunk(self.model, self.layer, batch)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.layer is None:
-            feats = self.model.forward_features(batch)
-            return self.model.forward_head(feats, pre_logits=True)
-        h = self.model.bn1(self.model.conv_stem(batch))
-        for block in self.model.blocks[: self.layer]:
-            h = block(h)
-        return h.mean(dim=(2, 3))
+        return self._trunk(batch)[0]
+
+    def _forward_with(self, batch: torch.Tensor, output: str, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, carry = self._trunk(batch)
+        carry = carry[rows]
+        logits = self._onnx.tail(carry) if self._onnx is not None else efficientnet_tail(self.model, self.layer, carry)
+        return feats, logits
 
 
 # ---------------------------------------------------------------------------------------------- open_clip
@@ -188,6 +256,8 @@ def _visual_blocks(net) -> list[torch.nn.Module]:
 
 class OpenClipEmbedder(Embedder):
     """open_clip image tower: final projected embedding, or the CLS token after block ``layer``."""
+
+    extra_outputs = frozenset({"image_features"})
 
     def __init__(
         self,
@@ -219,37 +289,53 @@ class OpenClipEmbedder(Embedder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)
 
+    def network_use(self) -> NetworkUse:
+        return NetworkUse(self.model, self._preprocess, self.device)
+
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self._block is None:
             return self.model.encode_image(batch)
-        return _cls_at_block(self.model, self._block, batch)
+        return _cls_at_block(self.model, self._block, batch)[0]
+
+    def _forward_with(self, batch: torch.Tensor, output: str, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._block is None:
+            final = self.model.encode_image(batch)
+            return final, final[rows]
+        cls, final = _cls_at_block(self.model, self._block, batch, stop=False)
+        return cls, final[rows]
 
 
-def _cls_at_block(net, block: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def _cls_at_block(net, block: torch.nn.Module, batch: torch.Tensor, *,
+                  stop: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CLS token after ``block`` and, unless ``stop`` (which ends the pass right there), the final
+    projected image features of the same pass."""
     captured: list[torch.Tensor] = []
     owner = threading.get_ident()
+    n = batch.shape[0]
 
     def hook(_module, _inputs, output):
         # The model is shared: another thread's forward pass through this block must go on untouched.
         if threading.get_ident() != owner or captured:
             return None
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        captured.append(out)
-        raise _StopForward
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        if hidden.shape[0] != n:  # sequence-first (L, N, D) towers
+            hidden = hidden.transpose(0, 1)
+        captured.append(hidden[:, 0, :].clone())  # a copy: the blocks after this one must not change it
+        if stop:
+            raise _StopForward
+        return None
 
     handle = block.register_forward_hook(hook)
+    final = None
     try:
-        net.encode_image(batch)
+        final = net.encode_image(batch)
     except _StopForward:
         pass
     finally:
         handle.remove()
     if not captured:
         raise RuntimeError("open_clip: the layer hook did not fire")
-    hidden = captured[0]
-    if hidden.shape[0] != batch.shape[0]:  # sequence-first (L, N, D) towers
-        hidden = hidden.transpose(0, 1)
-    return hidden[:, 0, :]
+    return captured[0], final
 
 
 def _block_width(block: torch.nn.Module) -> int | None:
@@ -263,7 +349,7 @@ def _block_width(block: torch.nn.Module) -> int | None:
 def _probe_dim(net, preprocess, device, block=None) -> int:
     x = preprocess(Image.new("RGB", (224, 224))).unsqueeze(0).to(device)
     with torch.inference_mode():
-        out = _cls_at_block(net, block, x) if block is not None else net.encode_image(x)
+        out = _cls_at_block(net, block, x)[0] if block is not None else net.encode_image(x)
     return int(out.shape[-1])
 
 
@@ -278,6 +364,7 @@ def load_embedder(
     layer: int | None = None,
     device: str | torch.device = "auto",
     batch_size: int = 32,
+    runtime: str = "auto",
 ) -> Embedder:
     """Build an embedder. The arguments are those of the ``[embedder]`` table (see
     :func:`embedder_from_config`), so a bad one is a :class:`ConfigError` naming its key.
@@ -291,6 +378,8 @@ def load_embedder(
             efficientnet-lite0: block stage 1..7 to pool, 0 = the final head features, None = stage 4.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         batch_size: images per forward pass inside :meth:`Embedder.embed`.
+        runtime: ``auto`` (ONNX Runtime for efficientnet-lite0 on the CPU when ``onnxruntime`` is installed,
+            else torch), ``torch``, or ``onnxruntime`` (efficientnet-lite0 on the CPU only).
 
     Raises:
         ModelNotAvailableError: weights cannot be loaded (offline, missing, unknown model).
@@ -298,6 +387,8 @@ def load_embedder(
     """
     dev = resolve_device(device)
     k = (kind or "").strip().lower().replace("_", "-")
+    if runtime not in EMBEDDER_RUNTIMES:
+        raise ConfigError(f"embedder.runtime: expected one of {', '.join(EMBEDDER_RUNTIMES)}, got {runtime!r}")
     if k in ("efficientnet-lite0", "effnet-lite0", "efficientnet"):
         if model not in (None, "efficientnet-lite0", "efficientnet_lite0") or pretrained not in (None, "imagenet"):
             raise ConfigError("embedder.model/embedder.pretrained: efficientnet-lite0 takes neither (its weights "
@@ -307,25 +398,44 @@ def load_embedder(
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= EFFICIENTNET_BLOCKS:
             raise ConfigError(f"embedder.layer: efficientnet-lite0 takes 0 (final) or a block stage "
                               f"1..{EFFICIENTNET_BLOCKS}, got {layer!r}")
-        return EfficientNetLite0Embedder(device=dev, batch_size=batch_size, layer=layer or None)
+        if runtime == "auto":
+            runtime = _auto_runtime(dev, layer or None)
+        return EfficientNetLite0Embedder(device=dev, batch_size=batch_size, layer=layer or None, runtime=runtime)
     if k in ("open-clip", "openclip", "clip"):
         if not model:
             raise ConfigError("embedder.model: the open_clip embedder needs one (e.g. 'ViT-B-32' or 'hf-hub:org/repo')")
         if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
             raise ConfigError(f"embedder.layer must be an integer or None, got {layer!r}")
         layer = layer or None  # 0 means the final embedding, as for efficientnet-lite0
+        if runtime == "onnxruntime":
+            raise ConfigError("embedder.runtime: onnxruntime is supported for the efficientnet-lite0 kind only")
         return OpenClipEmbedder(model=model, pretrained=pretrained, layer=layer, device=dev, batch_size=batch_size)
     raise ConfigError(f"embedder.kind: unknown embedder kind {kind!r}; expected one of {', '.join(EMBEDDER_KINDS)}")
+
+
+def _auto_runtime(device: torch.device, layer: int | None) -> str:
+    """``onnxruntime`` on the CPU when it is installed and the network exports, else ``torch``."""
+    if device.type != "cpu":
+        return "torch"
+    try:
+        efficientnet_onnx(layer)
+    except ModelNotAvailableError as exc:
+        logging.getLogger(__name__).debug("embedder.runtime auto: torch (%s)", exc)
+        return "torch"
+    return "onnxruntime"
 
 
 def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto") -> Embedder:
     """The embedder an ``[embedder]`` table describes: empty ``model``/``pretrained`` mean none (a random
     init for open_clip), ``layer = -1`` the kind's default."""
-    return load_embedder(
+    embedder = load_embedder(
         cfg.kind,
         model=cfg.model or None,
         pretrained=cfg.pretrained or None,
         layer=None if cfg.layer < 0 else cfg.layer,
         device=device,
         batch_size=cfg.batch_size,
+        runtime=cfg.runtime,
     )
+    embedder.share_forward = cfg.share_forward
+    return embedder

@@ -21,6 +21,10 @@ Kinds (:func:`load_inverter`; :func:`inverter_from_config` builds the ``[inverte
     :class:`ClipInterrogator`: ranks a phrase bank (``resynth_index/data/phrases.txt``) with an open_clip
     model's image and text towers.
 
+The label inverter and the CLIP interrogator can also decide from an output of a forward pass another model
+ran (:attr:`Inverter.shared_output`, :meth:`Inverter.invert_outputs`), so that the query path runs a network
+the embedder shares only once (:mod:`resynth_index.models.shared_forward`).
+
 Example::
 
     >>> inv = default_inverter(device="cpu")   # Chain(metadata, label)
@@ -35,7 +39,7 @@ import inspect
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -49,7 +53,14 @@ from ..devices import autocast_dtype, resolve_device
 from ..errors import ConfigError, ModelNotAvailableError, UsageError
 from ..images.decode import DecodedImage
 from ..images.metadata import collapse_whitespace, prompt_from_metadata
-from .backbones import efficientnet_preprocess, load_efficientnet_lite0, load_open_clip, open_clip_source, open_clip_tag
+from .backbones import (
+    NetworkUse,
+    efficientnet_preprocess,
+    load_efficientnet_lite0,
+    load_open_clip,
+    open_clip_source,
+    open_clip_tag,
+)
 
 INVERTER_KINDS = ("metadata", "label", "blip", "clip-interrogator")
 DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-base"
@@ -67,8 +78,21 @@ class Inverter:
     """Base class: ``invert(images)`` returns one :class:`Inversion` or None per image, in order."""
 
     id: str = "inverter"
+    #: the output of another model's forward pass this inverter can decide from (``"logits"``,
+    #: ``"image_features"``), None when it cannot
+    shared_output: str | None = None
 
     def invert(self, images: Sequence[DecodedImage]) -> list[Inversion | None]:
+        raise NotImplementedError
+
+    def network_use(self) -> NetworkUse | None:
+        """The network, preprocessing and device of this inverter's forward pass; None unless it has a
+        :attr:`shared_output`."""
+        return None
+
+    def invert_outputs(self, outputs: torch.Tensor) -> list[Inversion]:
+        """The inversions :meth:`invert` gives, decided from :attr:`shared_output` rows computed elsewhere
+        (one row per image, in the compute precision, on this inverter's device)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -132,6 +156,8 @@ class LabelInverter(Inverter):
     ``"a photo of a {label}"``; with ``top_k>1`` further labels whose probability is at least
     ``min_ratio`` × the top one are joined: ``"a photo of an espresso and a cup"``."""
 
+    shared_output = "logits"
+
     def __init__(self, *, device: str | torch.device = "auto", top_k: int = 1, min_ratio: float = 0.25,
                  batch_size: int = 32) -> None:
         if top_k < 1:
@@ -144,6 +170,10 @@ class LabelInverter(Inverter):
         self.min_ratio = float(min_ratio)
         self.batch_size = int(batch_size)
         self.id = "label:efficientnet-lite0"
+
+
+    def network_use(self) -> NetworkUse:
+        return NetworkUse(self.model, self._preprocess, self.device)
 
     @staticmethod
     def short_name(description: str) -> str:
@@ -161,18 +191,30 @@ class LabelInverter(Inverter):
                 ctx = torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
                 with ctx:
                     logits = self.model(x)
-                probs = logits.float().softmax(-1).cpu()
-            vals, idx = probs.topk(k, dim=-1)
-            for v_row, i_row in zip(vals.tolist(), idx.tolist()):
-                out.append([(self.names[i], float(v)) for v, i in zip(v_row, i_row)])
+                out.extend(self._top(logits, k))
         return out
+
+    def _top(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        probs = logits.float().softmax(-1).cpu()
+        vals, idx = probs.topk(k, dim=-1)
+        return [[(self.names[i], float(v)) for v, i in zip(v_row, i_row)]
+                for v_row, i_row in zip(vals.tolist(), idx.tolist())]
 
     def invert(self, images: Sequence[DecodedImage]) -> list[Inversion | None]:
         ims = _images_of(images)
         if not ims:
             return []
-        results: list[Inversion | None] = []
-        for preds in self.predict(ims, k=max(self.top_k, 1)):
+        return self._prompts(self.predict(ims, k=max(self.top_k, 1)))
+
+    def invert_outputs(self, outputs: torch.Tensor) -> list[Inversion]:
+        if len(outputs) == 0:
+            return []
+        with torch.inference_mode():
+            return self._prompts(self._top(outputs, max(self.top_k, 1)))
+
+    def _prompts(self, predictions: list[list[tuple[str, float]]]) -> list[Inversion]:
+        results: list[Inversion] = []
+        for preds in predictions:
             top_p = preds[0][1]
             labels: list[str] = []
             for desc, p in preds[: self.top_k]:
@@ -327,6 +369,8 @@ class ClipInterrogator(Inverter):
     modifiers, strongest excess first, joined with ", ". Phrase embeddings are computed once per instance.
     ``pretrained=None`` uses a seeded random initialisation (for tests; the ranking is then meaningless)."""
 
+    shared_output = "image_features"
+
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, *,
                  device: str | torch.device = "auto", phrases: str | os.PathLike | None = None,
                  margin: float = 0.01, max_modifiers: int = 3, batch_size: int = 32) -> None:
@@ -346,6 +390,10 @@ class ClipInterrogator(Inverter):
             raise ModelNotAvailableError(f"clip-interrogator: no tokenizer for {model_name!r} offline: {exc}") from None
         self._lock = threading.Lock()
         self._text: dict[str, np.ndarray] | None = None
+
+
+    def network_use(self) -> NetworkUse:
+        return NetworkUse(self.model, self.preprocess, self.device)
 
     def _encode_text(self, phrases: list[str], *, truncate: bool = True) -> np.ndarray:
         rows = []
@@ -384,7 +432,7 @@ class ClipInterrogator(Inverter):
                 ctx = torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
                 with ctx:
                     feats = self.model.encode_image(x)
-                rows.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+                rows.append(_unit_rows(feats))
         return np.concatenate(rows)
 
     def invert(self, images: Sequence[DecodedImage]) -> list[Inversion | None]:
@@ -392,8 +440,18 @@ class ClipInterrogator(Inverter):
         if not ims:
             return []
         text = self.phrase_embeddings()
-        img = self._encode_images(ims)
-        out: list[Inversion | None] = []
+        return self._phrases(text, self._encode_images(ims))
+
+    def invert_outputs(self, outputs: torch.Tensor) -> list[Inversion]:
+        if len(outputs) == 0:
+            return []
+        text = self.phrase_embeddings()
+        with torch.inference_mode():
+            img = _unit_rows(outputs)
+        return self._phrases(text, img)
+
+    def _phrases(self, text: dict[str, np.ndarray], img: np.ndarray) -> list[Inversion]:
+        out: list[Inversion] = []
         for row in img:
             subj_scores = text["subjects"] @ row
             parts = [self.bank["subjects"][int(np.argmax(subj_scores))]]
@@ -412,6 +470,10 @@ class ClipInterrogator(Inverter):
         return out
 
 
+def _unit_rows(feats: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+
+
 # ------------------------------------------------------------------------------------------------- chain
 
 
@@ -427,22 +489,29 @@ class ChainInverter(Inverter):
 
     def invert(self, images: Sequence[DecodedImage]) -> list[Inversion | None]:
         ims = _images_of(images)
-        results: list[Inversion | None] = [None] * len(ims)
-        pending = list(range(len(ims)))
-        for inv in self.inverters:
-            if not pending:
-                break
-            answers = inv.invert([ims[i] for i in pending])
-            if len(answers) != len(pending):
-                raise RuntimeError(f"inverter {inv.id} returned {len(answers)} results for {len(pending)} images")
-            still = []
-            for i, ans in zip(pending, answers):
-                if ans is None:
-                    still.append(i)
-                else:
-                    results[i] = ans
-            pending = still
-        return results
+        return run_chain(self.inverters, len(ims), lambda inv, pending: inv.invert([ims[i] for i in pending]))
+
+
+def run_chain(stages: Sequence[Inverter], n: int,
+              answer: Callable[[Inverter, list[int]], Sequence[Inversion | None]]) -> list[Inversion | None]:
+    """The chain rule over ``n`` images: each stage in turn answers, through ``answer(stage, pending)``, the
+    images (indices, ascending) no earlier stage answered; the first non-None answer wins."""
+    results: list[Inversion | None] = [None] * n
+    pending = list(range(n))
+    for inv in stages:
+        if not pending:
+            break
+        answers = answer(inv, pending)
+        if len(answers) != len(pending):
+            raise RuntimeError(f"inverter {inv.id} returned {len(answers)} results for {len(pending)} images")
+        still = []
+        for i, ans in zip(pending, answers):
+            if ans is None:
+                still.append(i)
+            else:
+                results[i] = ans
+        pending = still
+    return results
 
 
 # ----------------------------------------------------------------------------------------------- factory
