@@ -225,19 +225,8 @@ def test_blip_missing_model_is_model_not_available(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_clip_name(tmp_path_factory):
-    """A tiny open_clip architecture registered through open_clip's own config mechanism (random init)."""
-    import open_clip
-
-    d = tmp_path_factory.mktemp("clip_cfg")
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
-    }
-    (d / "rindex-test-tiny-clip.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d / "rindex-test-tiny-clip.json")
-    return "rindex-test-tiny-clip"
+def tiny_clip_name(register_tiny_clip):
+    return register_tiny_clip("rindex-test-tiny-clip", vision_layers=2)
 
 
 def test_clip_interrogator_random_init_returns_bank_phrase(samples, tmp_path, tiny_clip_name):

@@ -6,7 +6,6 @@ CLS token). Every batch mixes images whose prompt comes from metadata with image
 """
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -190,19 +189,8 @@ def test_models_that_do_not_coincide_run_separately():
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny open_clip architecture registered through open_clip's own config mechanism (random init)."""
-    import open_clip
-
-    d = tmp_path_factory.mktemp("clip_cfg")
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 3, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
-    }
-    (d / "rindex-test-shared-clip.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d / "rindex-test-shared-clip.json")
-    return "rindex-test-shared-clip"
+def tiny_clip(register_tiny_clip):
+    return register_tiny_clip("rindex-test-shared-clip", vision_layers=3)
 
 
 @pytest.mark.parametrize("layer", [None, 2])
