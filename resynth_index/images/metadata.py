@@ -10,8 +10,21 @@ import re
 from typing import Any, Mapping
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def collapse_whitespace(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+    """One space for every run of white space; lone UTF-16 surrogates (which JSON escapes can carry and no
+    UTF-8 encoder accepts) are dropped."""
+    return re.sub(r"\s+", " ", _SURROGATES.sub("", text)).strip()
+
+
+def _load_json(text: str) -> Any:
+    """The parsed JSON, or None when the text is not JSON or nests deeper than the parser's recursion limit."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 _A1111_STOP = re.compile(r"^\s*(Negative prompt:|Steps:\s*\d)", re.IGNORECASE)
@@ -49,10 +62,7 @@ def parse_comfyui_prompt(text: str) -> str | None:
     FluxGuidance...) to text encoders and their text, resolving text that comes from another node. Without a
     sampler, takes the text encoders that do not feed any ``negative`` input. Several texts are joined with
     ", " in node order. None when nothing is found or the JSON is not a graph."""
-    try:
-        graph = json.loads(text)
-    except (TypeError, ValueError):
-        return None
+    graph = _load_json(text)
     if not isinstance(graph, dict):
         return None
     nodes = {str(k): v for k, v in graph.items() if isinstance(v, dict) and isinstance(v.get("inputs"), dict)}
@@ -120,7 +130,8 @@ def parse_comfyui_prompt(text: str) -> str | None:
                 negative_ids.add(src)
         for node_id in sorted(nodes, key=_node_order):
             if is_encoder(nodes[node_id]) and node_id not in negative_ids:
-                title = str(nodes[node_id].get("_meta", {}).get("title", ""))
+                meta = nodes[node_id].get("_meta")
+                title = str(meta.get("title", "")) if isinstance(meta, dict) else ""
                 if "negative" in title.lower():
                     continue
                 t = text_of(node_id)
@@ -138,18 +149,16 @@ def parse_comfyui_workflow(text: str) -> str | None:
     """Fallback for files that carry only ComfyUI's UI ``workflow`` JSON: the first widget text of each
     text-encoder node whose output feeds a ``positive`` input (or, if links cannot tell, whose title does not
     say negative)."""
-    try:
-        wf = json.loads(text)
-    except (TypeError, ValueError):
-        return None
+    wf = _load_json(text)
     nodes = wf.get("nodes") if isinstance(wf, dict) else None
     if not isinstance(nodes, list):
         return None
+    nodes = [n for n in nodes if isinstance(n, dict)]
     positive_links: set[int] = set()
     negative_links: set[int] = set()
     for node in nodes:
-        for inp in node.get("inputs", []) or []:
-            if not isinstance(inp, dict) or inp.get("link") is None:
+        for inp in _list(node.get("inputs")):
+            if not isinstance(inp, dict) or not isinstance(inp.get("link"), int):
                 continue
             name = str(inp.get("name", ""))
             if name == "positive":
@@ -157,19 +166,33 @@ def parse_comfyui_workflow(text: str) -> str | None:
             elif name == "negative":
                 negative_links.add(inp["link"])
     texts: list[str] = []
-    for node in sorted(nodes, key=lambda n: n.get("order", n.get("id", 0)) if isinstance(n, dict) else 0):
-        if not isinstance(node, dict) or "TextEncode" not in str(node.get("type", "")):
+    for node in sorted(nodes, key=lambda n: _workflow_order(n.get("order", n.get("id", 0)))):
+        if "TextEncode" not in str(node.get("type", "")):
             continue
-        out_links = {lk for o in node.get("outputs", []) or [] for lk in (o.get("links") or [])}
+        out_links = {lk for o in _list(node.get("outputs")) if isinstance(o, dict)
+                     for lk in _list(o.get("links")) if isinstance(lk, int)}
         if out_links & negative_links and not out_links & positive_links:
             continue
         if not out_links & positive_links and "negative" in str(node.get("title", "")).lower():
             continue
-        widgets = node.get("widgets_values") or []
+        widgets = _list(node.get("widgets_values"))
         t = next((w for w in widgets if isinstance(w, str) and w.strip()), None)
         if t and t.strip() not in texts:
             texts.append(t.strip())
     return ", ".join(texts) or None
+
+
+def _list(value: Any) -> list:
+    """``value`` when it is a list, else empty: a workflow written by hand or by an attacker may put anything
+    where a list belongs."""
+    return value if isinstance(value, list) else []
+
+
+def _workflow_order(value: Any) -> tuple[int, int | float, str]:
+    """A sort key for a workflow node's ``order`` that never compares a number with a string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # not NaN
+        return (0, value, "")
+    return (1, 0, str(value))
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
