@@ -429,10 +429,14 @@ def _int_list(ctx, param, value):
                    "resynthesis (Bongini et al.), fewshot (k-shot nearest neighbour).")
 @click.option("--benchmark", type=click.Path(path_type=Path), default=None,
               help="Reuse an existing benchmark (manifest.csv or its directory) instead of generating one.")
+@click.option("--suite", type=click.Choice(["hard", "zoo"]), default="hard", show_default=True,
+              help="Without --benchmark: the hard benchmark (fine-tune siblings, a model called differently, an "
+                   "unknown generator sharing a VAE; its own generators) or the easy zoo benchmark of the config's "
+                   "generators.")
 @click.option("--no-html", is_flag=True, help="Skip the per-query HTML page.")
 @_threads_option
 def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held_out, build_limit, shots, baselines,
-             benchmark, no_html, threads):
+             benchmark, suite, no_html, threads):
     """Measure accuracy on a held-out benchmark, clean and under the Resynthesis paper's 17 transforms, with baselines.
 
     Without --index every variant gets a fresh index under OUT/index (the user's cache is never touched).
@@ -445,7 +449,7 @@ def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held
         per_generator=per_generator, transforms=transforms, gammas=tuple(gammas or ()), held_out=held_out,
         build_limit=build_limit, shots=tuple(shots or ()),
         baselines=tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none"),
-        html=not no_html, benchmark=benchmark,
+        html=not no_html, benchmark=benchmark, suite=suite,
     )
     try:
         result = run_evaluation(config, out, opts, index_dir=index, device=device)

@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -55,6 +56,7 @@ from .baselines import (
     with_gamma,
 )
 from .metrics import condition_metrics, generator_ranking_metrics, pct, retrieval_metrics, with_costs
+from .hard import build_hard_benchmark, hard_metrics, read_query_flags
 from .samples import build_benchmark, read_benchmark
 from .transforms import Transform, parse_transforms
 
@@ -75,6 +77,7 @@ class EvalOptions:
     regeneration_gamma: int = 4
     html: bool = True
     benchmark: str | Path | None = None  # an existing manifest.csv (its images beside it) instead of building
+    suite: str = "hard"  # without a benchmark: "hard" (evaluation/hard.py, its own generators) or "zoo"
     progress: bool = True
 
 
@@ -141,8 +144,10 @@ def run_engine_variant(
     share_from=None,
     opts: EvalOptions,
     keep_results: bool = False,
+    query_flags: Mapping[str, Mapping[str, Any]] | None = None,
 ):
-    """Build (when the scoring reads the whole index) and query every condition with one engine variant."""
+    """Build (when the scoring reads the whole index) and query every condition with one engine variant.
+    ``query_flags`` (the hard benchmark's per-query metadata and call flags) adds its figures per condition."""
     from ..attribution.engine import Attributor
 
     labels = [g.name for g in config.generators]
@@ -165,6 +170,8 @@ def run_engine_variant(
         for cond, images in conditions.items():
             records, results, seconds, gens = _engine_records(engine, images, truths, files)
             out["conditions"][cond] = with_costs(condition_metrics(records, labels), records, seconds, gens)
+            if query_flags:
+                out["conditions"][cond]["hard"] = hard_metrics(records, query_flags)
             if keep_results and cond == CLEAN:
                 kept = results
             m = out["conditions"][cond]
@@ -295,6 +302,16 @@ def run_evaluation(
     config = load_config(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if opts.suite not in ("hard", "zoo"):
+        raise ConfigError(f"unknown benchmark suite {opts.suite!r}; choose hard or zoo")
+    hard = None
+    if not opts.benchmark and opts.suite == "hard":
+        # The hard benchmark brings its own generators; every other setting is the config's, so variants compare.
+        hard = build_hard_benchmark(out_dir / "hard-benchmark", per_generator=opts.per_generator,
+                                    progress=opts.progress)
+        config = dataclasses.replace(config, generators=load_config(hard.config).generators)
+        if opts.held_out == "auto":
+            opts = dataclasses.replace(opts, held_out=list(hard.held_out))
     if index_dir is None:
         index_dir = out_dir / "index"
         if index_dir.exists():  # ours: a fresh index each run, so that timings and hit rates are comparable
@@ -309,7 +326,9 @@ def run_evaluation(
 
     # ---- benchmark
     bench_engine = Attributor(config, index=index_dir / "_unused", device=device)
-    if opts.benchmark:
+    if hard is not None:
+        manifest = hard.manifest
+    elif opts.benchmark:
         manifest = Path(opts.benchmark)
         if manifest.is_dir():
             manifest = manifest / "manifest.csv"
@@ -320,6 +339,7 @@ def run_evaluation(
         manifest = build_benchmark(bench_engine, out_dir / "benchmark", per_generator=opts.per_generator)
         _log(opts, f"benchmark written in {time.perf_counter() - t0:.1f}s: {manifest}")
     items = read_benchmark(manifest)
+    flags = read_query_flags(manifest)
     if not items:
         raise ConfigError(f"{manifest}: the benchmark is empty")
     images = []
@@ -334,7 +354,7 @@ def run_evaluation(
     build_prompts = read_prompt_file(config.build.prompts or PACKAGED_PROMPTS)[: opts.build_limit] if opts.build_limit else []
 
     result: dict[str, Any] = {
-        "benchmark": {"manifest": str(manifest), "queries": len(items), "per_generator": opts.per_generator,
+        "benchmark": {"suite": "hard" if flags else "custom" if opts.benchmark else "zoo", "manifest": str(manifest), "queries": len(items), "per_generator": opts.per_generator,
                       "generators": sorted(set(truths)), "indexed": labels, "held_out": held_out},
         "conditions": list(conditions),
         "transforms": {t.label: {"name": t.name, "params": t.full_params} for t in transforms},
@@ -347,7 +367,7 @@ def run_evaluation(
     base_gamma = config.resynthesis.gamma
     ours, ours_engine, ours_results = run_engine_variant(
         "ours", known_config, index_dir / f"ours-g{base_gamma}", conditions, truths, files, device=device,
-        build_prompts=build_prompts, share_from=bench_engine, opts=opts, keep_results=True)
+        build_prompts=build_prompts, share_from=bench_engine, opts=opts, keep_results=True, query_flags=flags)
     result["variants"]["ours"] = ours
     try:
         # ---- γ sweep (clean)
@@ -371,12 +391,12 @@ def run_evaluation(
             v, _, _ = run_engine_variant(
                 "regeneration", regeneration_config(known_config, opts.regeneration_gamma),
                 index_dir / "regeneration", conditions, truths, files, device=device, build_prompts=[],
-                share_from=ours_engine, opts=opts)
+                share_from=ours_engine, opts=opts, query_flags=flags)
             result["variants"]["regeneration"] = v
         if "resynthesis" in baselines:
             v, _, _ = run_engine_variant(
                 "resynthesis", resynthesis_config(known_config), index_dir / "resynthesis", conditions, truths,
-                files, device=device, build_prompts=[], share_from=ours_engine, opts=opts)
+                files, device=device, build_prompts=[], share_from=ours_engine, opts=opts, query_flags=flags)
             result["variants"]["resynthesis"] = v
         if "fewshot" in baselines and opts.shots:
             shots = sorted({int(s) for s in opts.shots})

@@ -80,6 +80,26 @@ def clean_table(result: Mapping[str, Any]) -> str:
                    "cache hit rate", "s/query"], rows)
 
 
+def hard_table(result: Mapping[str, Any]) -> str:
+    """The hard benchmark's figures per variant: clean top-1 on known generators, sibling confusion, the
+    called-differently generator, with and without prompt metadata, open set, and top-1 under each transform."""
+    conds = [c for c in result["conditions"] if c != CLEAN]
+    rows = []
+    for v, data in result["variants"].items():
+        clean = data["conditions"].get(CLEAN, {})
+        h = clean.get("hard")
+        if h is None:
+            continue
+        os_ = clean["open_set"]
+        rows.append([
+            display_name(v, result), _f(h["top1_known"]), _f(h["sibling_confusion"]), _f(h["called_differently_top1"]),
+            _f(h["with_metadata_top1"]), _f(h["without_metadata_top1"]), _f(os_["auroc"], False, 3),
+            _f(os_.get("tpr_at_5fpr")),
+        ] + [_f(data["conditions"].get(c, {}).get("hard", {}).get("top1_known")) for c in conds])
+    return _table(["variant", "top-1", "sibling confusion", "called differently", "with metadata",
+                   "without metadata", "open-set AUROC", "TPR@5%FPR"] + conds, rows) if rows else ""
+
+
 def per_generator_table(result: Mapping[str, Any], condition: str = CLEAN) -> str:
     labels = result["benchmark"]["indexed"]
     rows = [[display_name(v, result)] + [_f(d["conditions"][condition]["per_generator"].get(g)) for g in labels]
@@ -144,6 +164,8 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         "",
         *METHODS,
         "",
+        *(["## Hard benchmark (clean unless a transform is named; top-1 on known generators)", "",
+           hard_table(result), ""] if hard_table(result) else []),
         "## Top-1 accuracy, clean and under each transform",
         "",
         accuracy_table(result),
