@@ -42,8 +42,11 @@ Example (every key, with its default unless marked)::
     unrestricted_k = 10             # per-generator neighbours from the whole index
     unrestricted_weight = 0.5       # weight of the unrestricted score in mode "both"
     temperature = 0.05              # softmax aggregation temperature
-    unknown_threshold = -inf        # best score below this -> "unknown" (-inf: never)
+    unknown_threshold = -inf        # best score below this -> "unknown" (-inf: use the open-set calibration)
     unknown_margin = 0.0            # best minus runner-up below this -> "unknown"
+    open_set = true                 # "unknown" below the threshold calibrated on the cache itself
+                                    # (leave-one-generator-out over cached candidates; README "Open set")
+    target_fpr = 0.05               # rate of unknown-generator images that calibration lets through
 
     [build]
     prompts = ""                    # prompt list file; "" = the packaged list
@@ -160,6 +163,8 @@ class ScoringConfig:
     temperature: float = 0.05
     unknown_threshold: float = float("-inf")
     unknown_margin: float = 0.0
+    open_set: bool = True
+    target_fpr: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,7 @@ _POSITIVE = {
     "serve.request_timeout", "serve.max_upload_bytes", "serve.max_pixels", "serve.max_images",
     "serve.max_batch", "serve.max_pending", "serve.image_cache_size",
     "gallery.layer", "gallery.bits", "gallery.patch", "gallery.window", "gallery.patches", "gallery.target_fpr",
+    "scoring.target_fpr",
 }
 
 #: Most CPU threads the ``threads`` key accepts (0 = automatic; see devices.apply_thread_policy).

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from ..models.generators import Generator
     from ..models.inverters import Inverter
     from ..store.cache import CandidateCache
+    from .open_set import OpenSetCalibration
 
 __all__ = [
     "PACKAGED_PROMPTS",
@@ -98,6 +99,7 @@ class Attributor:
         self._cache = None
         self._gallery = None
         self._gallery_view = None  # (gallery version, GalleryView)
+        self._open_set: OpenSetCalibration | None = None
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
         #: running mean of resynthesis seconds per prompt (all generators), for ``resynthesis_budget``
         self.resynthesis_seconds_per_prompt: float | None = None
@@ -342,7 +344,25 @@ class Attributor:
                 self.resynthesis_seconds_per_prompt = per_prompt if prev is None else 0.7 * prev + 0.3 * per_prompt
         evidence = query.gather_evidence(batch, cache=cache, namespaces=ns, scoring=self.config.scoring,
                                          gallery_view=self.gallery_view)
-        query.score_and_decide(batch, evidence, config=self.config, top_k=top_k)
+        query.score_and_decide(batch, evidence, config=self.config, top_k=top_k,
+                               open_set=self.open_set_calibration() if ns else None)
+
+    def open_set_calibration(self) -> OpenSetCalibration | None:
+        """The cache's leave-one-generator-out calibration of ``unknown`` (:mod:`~resynth_index.attribution.open_set`),
+        recomputed when the cache has grown by a tenth; None when ``scoring.open_set`` is off or an explicit
+        ``scoring.unknown_threshold`` is set."""
+        from .open_set import calibrate_open_set
+
+        sc = self.config.scoring
+        ns = self.namespaces
+        if not sc.open_set or sc.unknown_threshold != float("-inf") or not ns:
+            return None
+        stored = self.cache.namespaces()
+        vectors = sum(stored[n]["vectors"] for n in set(ns.values()) if n in stored)
+        cal = self._open_set
+        if cal is None or vectors > cal.vectors * 1.1 or vectors < cal.vectors:
+            cal = self._open_set = calibrate_open_set(self.cache, ns, sc)
+        return cal
 
     # ----------------------------------------------------------------- housekeeping
     def info(self) -> dict[str, Any]:
@@ -358,6 +378,8 @@ class Attributor:
             "real_set": None if view is None or view.space is None else view.space.real_source,
             "calibration": None if view is None or view.calibration is None else view.calibration.to_dict(),
         }
+        cal = self.open_set_calibration()
+        info["open_set"] = None if cal is None else cal.to_dict()
         return info
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import Config, ScoringConfig
 from .results import Attribution, Evidence
-from .scoring import aggregate, combine, decide, fuse
+from .scoring import UNKNOWN, aggregate, combine, decide, fuse
 
 if TYPE_CHECKING:
     from ..gallery.matching import GalleryView, QueryGallery
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..models.embedders import Embedder
     from ..models.inverters import Inverter
     from ..store.cache import CacheLookup, CandidateCache, Neighbour
+    from .open_set import OpenSetCalibration
 
 
 @dataclass
@@ -174,10 +175,12 @@ def gather_evidence(batch: QueryBatch, *, cache: CandidateCache | None, namespac
     return GatheredEvidence(unrestricted, gallery, view, knn_seconds, (time.perf_counter() - t0) / n)
 
 
-def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: Config, top_k: int) -> None:
+def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: Config, top_k: int,
+                     open_set: OpenSetCalibration | None = None) -> None:
     """Per image: restricted and unrestricted scores, combined, fused with the gallery's fingerprint scores,
-    the decision (the gallery's calibrated gates may turn it into ``real`` or ``unknown``), and the top
-    ``top_k`` evidence of each kind per generator."""
+    the decision (``unknown`` below the cache's calibrated open-set threshold; the gallery's calibrated gates
+    may turn it into ``real`` or ``unknown``), what decided it and by what margin, and the top ``top_k``
+    evidence of each kind per generator."""
     sc, gc = config.scoring, config.gallery
     for i, (res, lookup) in enumerate(zip(batch.results, batch.lookups)):
         t0 = time.perf_counter()
@@ -192,18 +195,38 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
         if qg is not None and sc.mode != "restricted":
             for g, (sims, _) in qg.semantic.items():
                 unrestricted[g] = np.concatenate([unrestricted.get(g, np.zeros(0, np.float32)), sims])
-        scores = combine(aggregate(restricted, sc), aggregate(unrestricted, sc), sc)
+        resynthesis_scores = combine(aggregate(restricted, sc), aggregate(unrestricted, sc), sc)
+        scores = resynthesis_scores
         if qg is not None:
             scores = fuse(scores, {g: s for g, (s, _) in qg.fingerprint.items()}, gc.weight)
         res.scores = dict(sorted(scores.items(), key=lambda kv: -kv[1]))
-        res.prediction = decide(scores, sc).prediction
+        decision = decide(scores, sc)
+        res.prediction = decision.prediction
+        res.margin = decision.margin if decision.margin is not None and np.isfinite(decision.margin) else None
+        res.decided_by = _source_of(decision.prediction, resynthesis_scores)
+        if open_set is not None and open_set.threshold is not None and resynthesis_scores:
+            statistic = open_set.relative(resynthesis_scores)
+            res.open_set = {"statistic": round(statistic, 6), "threshold": round(open_set.threshold, 6),
+                            "tpr": open_set.tpr, "fpr": open_set.fpr}
+            if res.prediction != UNKNOWN and statistic < open_set.threshold:
+                res.prediction, res.decided_by = UNKNOWN, "open_set"
         if qg is not None:
             res.prediction, res.gallery = evidence.view.decide(res.prediction, scores, qg, open_set=gc.open_set,
                                                                real_gate=gc.real_gate)
+            if res.gallery["decided_by"] != "scores":
+                res.decided_by = res.gallery["decided_by"]
         res.evidence = _evidence(lookup, restricted, evidence.unrestricted, qg, i, top_k)
         res.timings["score"] = evidence.knn_seconds + time.perf_counter() - t0
         if evidence.view is not None:
             res.timings["gallery"] = evidence.gallery_seconds
+
+
+def _source_of(prediction: str, resynthesis_scores: Mapping[str, float]) -> str:
+    """What a score-based decision rests on: ``open_set`` for an explicit threshold or margin saying unknown,
+    ``resynthesis`` when the winner has cached candidates, ``gallery`` when only its references speak."""
+    if prediction == UNKNOWN:
+        return "open_set"
+    return "resynthesis" if prediction in resynthesis_scores else "gallery"
 
 
 def _ref_name(ref) -> str:

@@ -32,6 +32,12 @@ class Attribution:
     matched_prompt: str | None = None
     prompt_similarity: float | None = None
     evidence: dict[str, list[Evidence]] = field(default_factory=dict)
+    #: what decided: ``resynthesis`` (cached candidates), ``gallery`` (enrolled references only),
+    #: ``open_set`` (unknown: below the calibrated or configured threshold), ``real_gate`` (the gallery's gate)
+    decided_by: str | None = None
+    margin: float | None = None  # best score minus the runner-up's (None with a single generator)
+    #: the cache's open-set calibration as applied: statistic (best score minus typical), threshold, TPR, FPR
+    open_set: dict[str, Any] | None = None
     #: gallery view, when references are enrolled: fingerprint scores, real margin, thresholds, what decided
     gallery: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -50,6 +56,8 @@ class Attribution:
         d.pop("error")
         d["scores"] = {g: round(s, 6) for g, s in self.scores.items()}
         d["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
+        if d["margin"] is not None:
+            d["margin"] = round(d["margin"], 6)
         for items in d["evidence"].values():
             for e in items:
                 e["score"] = round(e["score"], 6)

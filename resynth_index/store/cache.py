@@ -81,7 +81,7 @@ from ..models.prompt_embedders import PromptEmbedder
 from .environment import Environment, EnvironmentMissing, EnvironmentUnreadable
 from .indexes import DerivedIndexes
 from .keys import SCHEMA_VERSION
-from .lookup import DEFAULT_NEAR_THRESHOLD, CacheLookup, Lookups, Neighbour
+from .lookup import DEFAULT_NEAR_THRESHOLD, CacheLookup, Lookups, Neighbour, StoredCandidate
 from .records import (
     DB_NAMES,
     CacheCorruptError,
@@ -258,6 +258,12 @@ class CandidateCache:
         """
         self._check_usable()
         return self._lookups.knn(generator, namespace, queries, k)
+
+    def sample(self, namespace: str, limit: int, seed: int = 0) -> list[StoredCandidate]:
+        """Up to ``limit`` stored candidates of ``namespace`` with their prompts and vectors (a fixed-seed
+        draw): the cache read as a labelled gallery, for calibrating the open-set decision."""
+        self._check_usable()
+        return self._lookups.sample(namespace, limit, seed)
 
     # -- indexes ---------------------------------------------------------------------------------------
     def refresh(self) -> None:

@@ -191,5 +191,29 @@ class Lookups:
                 out.append(row)
         return out
 
+    def sample(self, namespace: str, limit: int, seed: int = 0) -> list[StoredCandidate]:
+        """Up to ``limit`` stored candidates of ``namespace``, drawn without replacement (fixed ``seed``), with
+        their vectors: the cache read as a labelled gallery (open-set calibration)."""
+        with self.records.env.read() as txn:
+            fids, vectors = self.records.scan_namespace(txn, namespace, 0)
+            if not len(fids):
+                return []
+            rng = np.random.default_rng(seed)
+            chosen = np.sort(rng.choice(len(fids), size=min(limit, len(fids)), replace=False))
+            out = []
+            for j in chosen.tolist():
+                rid, pos = split_id(int(fids[j]))
+                rec = self.records.record(txn, rid)
+                out.append(StoredCandidate(rid, pos, rec["p"], np.asarray(vectors[j], np.float32)))
+        return out
 
-__all__ = ["DEFAULT_NEAR_THRESHOLD", "CacheLookup", "Lookups", "Neighbour", "check_namespaces"]
+
+@dataclass(frozen=True)
+class StoredCandidate:
+    record_id: int
+    position: int  # index of the candidate within its record
+    prompt: str  # normalized
+    vector: np.ndarray
+
+
+__all__ = ["DEFAULT_NEAR_THRESHOLD", "StoredCandidate", "CacheLookup", "Lookups", "Neighbour", "check_namespaces"]
