@@ -350,6 +350,12 @@ class Attributor:
         info = dict(self.cache.info())
         info["index"] = str(self.index_dir)
         info["config_namespaces"] = dict(self.namespaces)
+        from ..models.generators import resynthesis_call
+
+        # How each runnable generator resynthesizes (computed from the settings: no pipeline is loaded).
+        info["generator_calls"] = {
+            g.name: {"source": g.source, **resynthesis_call(g)} for g in self.config.generators if g.source.strip()
+        }
         info["threads"] = thread_report()
         view = self.gallery_view()
         info["gallery"] = {
