@@ -95,7 +95,7 @@ Example (every key, with its default unless marked)::
     batch_size = 4
     batch_invariant = true          # (default: true on CPU, false on CUDA) one pipeline call per image, so the
                                     # images do not depend on the batch; false on CPU: batch_size per call
-    call = { negative_prompt = "blurry", clip_skip = 2 }   # (default: {}) more arguments of the pipeline
+    call = { negative_prompt = "blurry", clip_skip = 1 }   # (default: {}) more arguments of the pipeline
                                     # call, checked against its signature when it loads; or a [generators.call]
                                     # table after the [[generators]] entry (README "How a generator is called")
 """
