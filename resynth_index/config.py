@@ -242,12 +242,13 @@ def _check_call(label: str, call: Any) -> dict[str, Any]:
     flat lists of them (lists become tuples: immutable, and what diffusers wants for sizes)."""
     if not isinstance(call, Mapping):
         raise ConfigError(f"{label}: 'call' must be a table of pipeline arguments, got {call!r}")
+    for key in call:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{label}: call key {key!r} is not a Python argument name")
     out: dict[str, Any] = {}
     for key in sorted(call):
         value = call[key]
         where = f"{label}: call key {key!r}"
-        if not isinstance(key, str) or not key.isidentifier():
-            raise ConfigError(f"{where} is not a Python argument name")
         reason = engine_call_argument(key)
         if reason is not None:
             raise ConfigError(f"{where} is set by the engine, not in 'call': {reason}")

@@ -189,9 +189,10 @@ def generator_namespace(settings: GeneratorSettings, device: str | torch.device 
 
     The source's identity (the zoo version for ``zoo:`` sources, a content fingerprint for directories, the
     cached commit hash or the requested revision for hub ids), the effective steps, guidance and size (zoo
-    defaults applied), the scheduler override, and the dtype resolved for ``device``. The pipeline class, its
-    scheduler config and call options follow from the source identity and this package's schema version, so a
-    query answered from the cache never needs to load a pipeline to compute its key.
+    defaults applied), the scheduler override, the dtype resolved for ``device`` and the configured ``call``
+    arguments as written (only when there are any). The pipeline class, its scheduler config and the engine's
+    own call options follow from the source identity and this package's schema version, so a query answered
+    from the cache never needs to load a pipeline to compute its key.
     """
     source = settings.source.strip()
     torch_device = resolve_device(device)

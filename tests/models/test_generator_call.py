@@ -104,7 +104,7 @@ def test_an_argument_the_engine_sets_is_refused_with_what_to_use(key, value, hin
 @pytest.mark.parametrize(
     "call",
     [{"negative_prompt": {"a": 1}}, {"timesteps": [[1, 2]]}, {"eta": float("nan")}, {"negative_prompt": ["a"]},
-     "negative_prompt = 'x'", {"not an identifier": 1}],
+     "negative_prompt = 'x'", {"not an identifier": 1}, {1: "x"}],
 )
 def test_values_must_be_scalars_or_flat_lists(call):
     with pytest.raises(ConfigError, match="'sd'"):
