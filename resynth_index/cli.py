@@ -293,7 +293,14 @@ def info(index, config, as_json, threads):
         click.echo(json.dumps(data, indent=2, default=str))
         return
     for key, value in data.items():
-        if isinstance(value, dict):
+        if key == "generator_calls":
+            click.echo(f"{key}:")
+            for name, c in value.items():
+                size = f"{c['height'] or 'default'}x{c['width'] or 'default'}"
+                extra = ", ".join(f"{k}={json.dumps(v)}" for k, v in c["call"].items()) or "-"
+                click.echo(f"  {name}: steps={c['steps']} guidance={c['guidance']} size={size} "
+                           f"scheduler={c['scheduler'] or 'default'} call: {extra}")
+        elif isinstance(value, dict):
             click.echo(f"{key}:")
             for k, v in value.items():
                 click.echo(f"  {k}: {v}")

@@ -98,11 +98,15 @@ Example (every key, with its default unless marked)::
     batch_size = 4
     batch_invariant = true          # (default: true on CPU, false on CUDA) one pipeline call per image, so the
                                     # images do not depend on the batch; false on CPU: batch_size per call
+    call = { negative_prompt = "blurry", clip_skip = 1 }   # (default: {}) more arguments of the pipeline
+                                    # call, checked against its signature when it loads; or a [generators.call]
+                                    # table after the [[generators]] entry (README "How a generator is called")
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -210,6 +214,60 @@ class GalleryConfig:
 
 GENERATOR_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
+#: Pipeline-call arguments the engine sets itself, and what to do instead of passing them in ``call``.
+_ENGINE_CALL_ARGUMENTS = {
+    "prompt": "the engine passes each image's own (inverted, normalised) prompt",
+    "prompt_2": "the engine passes each image's own prompt to every text encoder",
+    "prompt_3": "the engine passes each image's own prompt to every text encoder",
+    "num_inference_steps": "use the generator's 'steps' key",
+    "guidance_scale": "use the generator's 'guidance' key",
+    "height": "use the generator's 'height' key",
+    "width": "use the generator's 'width' key",
+    "generator": "the engine seeds one torch.Generator per candidate (resynthesis.seed_base shifts the seeds)",
+    "latents": "the initial noise comes from each candidate's seed (resynthesis.seed_base shifts the seeds)",
+    "num_images_per_prompt": "candidates per prompt are 'resynthesis.gamma'",
+    "output_type": "the engine needs PIL images back",
+    "return_dict": "the engine needs the pipeline's output object back",
+}
+
+
+def engine_call_argument(key: str) -> str | None:
+    """Why ``key`` cannot be a ``call`` argument (the engine sets it, or a config cannot express it), or None."""
+    if key in _ENGINE_CALL_ARGUMENTS:
+        return _ENGINE_CALL_ARGUMENTS[key]
+    if key.startswith("callback"):
+        return "callbacks are code, not configuration"
+    if key.endswith(("_embeds", "_attention_mask")) or key.startswith("ip_adapter"):
+        return "tensors and images cannot be given in a config"
+    return None
+
+
+def _check_call(label: str, call: Any) -> dict[str, Any]:
+    """Validate a generator's ``call`` table: identifier keys the engine does not set itself, TOML scalars or
+    flat lists of them (lists become tuples: immutable, and what diffusers wants for sizes)."""
+    if not isinstance(call, Mapping):
+        raise ConfigError(f"{label}: 'call' must be a table of pipeline arguments, got {call!r}")
+    for key in call:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{label}: call key {key!r} is not a Python argument name")
+    out: dict[str, Any] = {}
+    for key in sorted(call):
+        value = call[key]
+        where = f"{label}: call key {key!r}"
+        reason = engine_call_argument(key)
+        if reason is not None:
+            raise ConfigError(f"{where} is set by the engine, not in 'call': {reason}")
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if not isinstance(item, str | bool | int | float) or (isinstance(item, float) and not math.isfinite(item)):
+                raise ConfigError(
+                    f"{where} must be a string, a finite number, true/false, or a list of them; got {value!r}"
+                )
+        if key.startswith("negative_prompt") and not isinstance(value, str):
+            raise ConfigError(f"{where} must be one string (it applies to every image of a batch), got {value!r}")
+        out[key] = tuple(value) if isinstance(value, list | tuple) else value
+    return out
+
 
 @dataclass(frozen=True)
 class GeneratorSettings:
@@ -227,6 +285,10 @@ class GeneratorSettings:
     ``batch_invariant`` (None: True on CPU, False on CUDA) runs one pipeline call per image, so that an image is
     bit-identical whatever the batch size; False on CPU batches ``batch_size`` images per call, faster but equal
     to single calls only up to floating-point rounding (it then enters the cache namespace).
+    ``call`` holds further keyword arguments of the pipeline call (``{"negative_prompt": "blurry",
+    "use_resolution_binning": False}``): scalars or flat lists of them, checked against the pipeline's
+    signature when it loads; they override the engine's own per-pipeline choices and enter the cache namespace.
+    Arguments the engine sets itself (prompt, steps, guidance, size, seeds, output) are refused here.
     """
 
     name: str
@@ -240,6 +302,7 @@ class GeneratorSettings:
     dtype: str = "auto"
     batch_size: int = 4
     batch_invariant: bool | None = None
+    call: dict[str, Any] = field(default_factory=dict, hash=False)  # a dict is unhashable: not in hash()
 
     def __post_init__(self) -> None:
         label = f"generator {self.name!r}" if isinstance(self.name, str) and self.name else "generator"
@@ -269,6 +332,7 @@ class GeneratorSettings:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{label}: '{key}' must be a non-empty string or absent, got {value!r}")
+        object.__setattr__(self, "call", _check_call(label, self.call))
 
 
 ZOO_DEFAULT_GENERATORS = ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart")

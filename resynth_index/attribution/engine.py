@@ -366,10 +366,17 @@ class Attributor:
 
     # ----------------------------------------------------------------- housekeeping
     def info(self) -> dict[str, Any]:
-        """What the index holds, and the namespaces the current config reads and writes."""
+        """What the index holds, the namespaces the current config reads and writes, and how each generator is
+        called."""
+        from ..models.generators import resynthesis_call
+
         info = dict(self.cache.info())
         info["index"] = str(self.index_dir)
         info["config_namespaces"] = dict(self.namespaces)
+        # How each runnable generator resynthesizes (computed from the settings: no pipeline is loaded).
+        info["generator_calls"] = {
+            g.name: {"source": g.source, **resynthesis_call(g)} for g in self.config.generators if g.source.strip()
+        }
         info["threads"] = thread_report()
         view = self.gallery_view()
         info["gallery"] = {

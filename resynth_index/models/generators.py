@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..config import GeneratorSettings
+from ..config import GeneratorSettings, engine_call_argument
 from ..devices import autocast_dtype, resolve_device
 from ..errors import ConfigError, ModelNotAvailableError
 from .._quiet import quiet_loading
@@ -47,6 +47,7 @@ __all__ = [
     "default_batch_invariant",
     "generator_namespace",
     "load_generator",
+    "resynthesis_call",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class Generator:
             batch_invariant = settings.batch_invariant
         self.batch_invariant = default_batch_invariant(device) if batch_invariant is None else bool(batch_invariant)
         self._call_params = set(inspect.signature(pipeline.__call__).parameters)
-        self._extra_kwargs = self._pipeline_specific_kwargs()
+        _check_call_arguments(settings, pipeline)
+        # The configured call overrides the engine's own per-pipeline choices.
+        self._extra_kwargs = {**self._pipeline_specific_kwargs(), **settings.call}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -160,6 +163,9 @@ class Generator:
             "generator": generators,
             **self._extra_kwargs,
         }
+        for key in self.settings.call:
+            if key.startswith("negative_prompt"):  # diffusers wants it the same type as the prompt: one per image
+                kwargs[key] = [kwargs[key]] * len(prompts)
         if self.height is not None:
             kwargs["height"] = self.height
         if self.width is not None:
@@ -183,42 +189,62 @@ def generator_namespace(settings: GeneratorSettings, device: str | torch.device 
 
     The source's identity (the zoo version for ``zoo:`` sources, a content fingerprint for directories, the
     cached commit hash or the requested revision for hub ids), the effective steps, guidance and size (zoo
-    defaults applied), the scheduler override, and the dtype resolved for ``device``. The pipeline class, its
-    scheduler config and call options follow from the source identity and this package's schema version, so a
-    query answered from the cache never needs to load a pipeline to compute its key.
+    defaults applied), the scheduler override, the dtype resolved for ``device`` and the configured ``call``
+    arguments as written (only when there are any). The pipeline class, its scheduler config and the engine's
+    own call options follow from the source identity and this package's schema version, so a query answered
+    from the cache never needs to load a pipeline to compute its key.
     """
     source = settings.source.strip()
     torch_device = resolve_device(device)
-    defaults: dict = {}
     if source.startswith(_ZOO_PREFIX):
         from . import zoo
 
-        name = source[len(_ZOO_PREFIX) :]
         identity = {"source": source, "revision": zoo.ZOO_VERSION}
-        defaults = zoo.zoo_defaults(name) if name in zoo.zoo_names() else {}
     else:
         path = Path(os.path.expanduser(source))
         if path.is_dir():
             path = path.resolve()
             identity = {"source": str(path), "revision": None, "fingerprint": _directory_fingerprint(path)}
-            if (path / _ZOO_INFO_FILE).is_file():
-                defaults = _read_json(path / _ZOO_INFO_FILE)
         else:
             identity = {"source": source, "revision": _cached_commit(source, settings.revision) or settings.revision}
-    guidance = settings.guidance if settings.guidance is not None else defaults.get("guidance", DEFAULT_GUIDANCE)
+    call = resynthesis_call(settings)
     namespace = {
         **identity,
-        "scheduler": settings.scheduler,
-        "steps": settings.steps or defaults.get("steps") or DEFAULT_STEPS,
-        "guidance": float(guidance),
-        "height": settings.height or defaults.get("height"),
-        "width": settings.width or defaults.get("width"),
+        **{key: call[key] for key in ("scheduler", "steps", "guidance", "height", "width")},
         "dtype": str(_resolve_dtype(settings, torch_device)).removeprefix("torch."),
     }
     # Only a batching mode other than the device's default enters, so existing indexes keep their namespaces.
     if settings.batch_invariant is not None and settings.batch_invariant != default_batch_invariant(torch_device):
         namespace["batch_invariant"] = settings.batch_invariant
+    # Likewise only a non-empty call: a generator without one keeps the namespace it had before calls existed.
+    # The call is hashed as written (an explicit value equal to the engine's choice still changes the digest).
+    if settings.call:
+        namespace["call"] = dict(settings.call)
     return namespace
+
+
+def resynthesis_call(settings: GeneratorSettings) -> dict:
+    """How a generator is called when it resynthesizes, from its settings without loading it: the effective
+    steps, guidance and size (zoo or exported-zoo defaults applied; size None = the pipeline's own), the
+    scheduler override (None = the pipeline's) and the extra ``call`` arguments. ``rindex info`` shows it."""
+    source = settings.source.strip()
+    defaults: dict = {}
+    if source.startswith(_ZOO_PREFIX):
+        from . import zoo
+
+        name = source[len(_ZOO_PREFIX) :]
+        defaults = zoo.zoo_defaults(name) if name in zoo.zoo_names() else {}
+    elif source and (info := Path(os.path.expanduser(source)) / _ZOO_INFO_FILE).is_file():
+        defaults = _read_json(info)
+    guidance = settings.guidance if settings.guidance is not None else defaults.get("guidance", DEFAULT_GUIDANCE)
+    return {
+        "steps": settings.steps or defaults.get("steps") or DEFAULT_STEPS,
+        "guidance": float(guidance),
+        "height": settings.height or defaults.get("height"),
+        "width": settings.width or defaults.get("width"),
+        "scheduler": settings.scheduler,
+        "call": dict(settings.call),
+    }
 
 
 def default_batch_invariant(device: torch.device) -> bool:
@@ -291,6 +317,24 @@ def load_generator(
         width=width,
         batch_invariant=batch_invariant,
     )
+
+
+def _check_call_arguments(settings: GeneratorSettings, pipeline: Any) -> None:
+    """Refuse a ``call`` key that the pipeline's ``__call__`` does not name (a ``**kwargs`` catch-all does not
+    count: diffusers swallows or merely warns about what lands there)."""
+    if not settings.call:
+        return
+    named = {
+        n for n, p in inspect.signature(pipeline.__call__).parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    for key in settings.call:
+        if key not in named:
+            accepted = sorted(n for n in named if engine_call_argument(n) is None)
+            raise ConfigError(
+                f"generator '{settings.name}': call key '{key}' is not an argument of "
+                f"{type(pipeline).__name__}.__call__; it takes: {', '.join(accepted)}"
+            )
 
 
 def _resolve_dtype(settings: GeneratorSettings, device: torch.device) -> torch.dtype:
