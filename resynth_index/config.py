@@ -22,6 +22,10 @@ Example (every key, with its default unless marked)::
     runtime = "auto"                # auto | torch | onnxruntime (auto: ONNX Runtime on the CPU when the
                                     # [onnx] extra is installed, efficientnet-lite0 only; else torch)
     share_forward = true            # one pass per image when the inverter runs the embedder's network
+    fingerprint = "spectrum"        # spectrum | none: join a native-resolution noise-residual spectrum to each
+                                    # embedding (fine-tunes differ in texture; README "How it works")
+    fingerprint_window = 32         # its patch size (pixels, even, >= 16)
+    fingerprint_weight = 0.5        # its share of the cosine, between 0 and 1
 
     [inverter]
     chain = ["metadata", "label"]   # tried in order per image: metadata | label | blip | clip-interrogator
@@ -47,6 +51,8 @@ Example (every key, with its default unless marked)::
     open_set = true                 # "unknown" below the threshold calibrated on the cache itself
                                     # (leave-one-generator-out over cached candidates; README "Open set")
     target_fpr = 0.05               # rate of unknown-generator images that calibration lets through
+    prototype_weight = 0.5          # weight of the generator prototypes (whitened class means of all cached
+                                    # candidates; README "How it works"); 0 = off, 1 = prototypes alone
 
     [build]
     prompts = ""                    # prompt list file; "" = the packaged list
@@ -139,6 +145,9 @@ class EmbedderConfig:
     batch_size: int = 32
     runtime: str = "auto"
     share_forward: bool = True
+    fingerprint: str = "spectrum"
+    fingerprint_window: int = 32
+    fingerprint_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,7 @@ class ScoringConfig:
     unknown_margin: float = 0.0
     open_set: bool = True
     target_fpr: float = 0.05
+    prototype_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -366,6 +376,7 @@ class Config:
 _CHOICES = {
     "embedder.kind": ("efficientnet-lite0", "open_clip"),
     "embedder.runtime": ("auto", "torch", "onnxruntime"),
+    "embedder.fingerprint": ("spectrum", "none"),
     "inverter.chain": ("metadata", "label", "blip", "clip-interrogator"),
     "cache.prompt_embedder": ("minilm", "clip", "none"),
     "scoring.mode": ("restricted", "unrestricted", "both"),
@@ -388,7 +399,8 @@ _POSITIVE = {
 #: Most CPU threads the ``threads`` key accepts (0 = automatic; see devices.apply_thread_policy).
 MAX_THREADS = 4096
 
-_RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "threads": (0, MAX_THREADS)}  # inclusive bounds
+_RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "threads": (0, MAX_THREADS), "scoring.prototype_weight": (0, 1),
+           "scoring.target_fpr": (0, 1), "embedder.fingerprint_window": (16, 512)}  # inclusive bounds
 
 
 def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) -> Any:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ..models.inverters import Inverter
     from ..store.cache import CandidateCache
     from .open_set import OpenSetCalibration
+    from .prototypes import Prototypes
 
 __all__ = [
     "PACKAGED_PROMPTS",
@@ -100,6 +101,7 @@ class Attributor:
         self._gallery = None
         self._gallery_view = None  # (gallery version, GalleryView)
         self._open_set: OpenSetCalibration | None = None
+        self._prototypes: tuple[int, Prototypes | None] | None = None  # (stored vectors when fitted, fit)
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
         #: running mean of resynthesis seconds per prompt (all generators), for ``resynthesis_budget``
         self.resynthesis_seconds_per_prompt: float | None = None
@@ -345,7 +347,28 @@ class Attributor:
         evidence = query.gather_evidence(batch, cache=cache, namespaces=ns, scoring=self.config.scoring,
                                          gallery_view=self.gallery_view)
         query.score_and_decide(batch, evidence, config=self.config, top_k=top_k,
-                               open_set=self.open_set_calibration() if ns else None)
+                               open_set=self.open_set_calibration() if ns else None,
+                               prototypes=self.prototypes() if ns else None)
+
+    def _stored_vectors(self) -> int:
+        stored = self.cache.namespaces()
+        return sum(stored[n]["vectors"] for n in set(self.namespaces.values()) if n in stored)
+
+    def prototypes(self) -> Prototypes | None:
+        """Each generator's whitened class mean over its cached candidates
+        (:mod:`~resynth_index.attribution.prototypes`), refitted when the cache has grown by a tenth; None when
+        ``scoring.prototype_weight`` is 0 or some generator has too few candidates."""
+        from .prototypes import MAX_PER_GENERATOR, fit_prototypes
+
+        ns = self.namespaces
+        if self.config.scoring.prototype_weight <= 0 or not ns:
+            return None
+        vectors = self._stored_vectors()
+        fitted = self._prototypes
+        if fitted is None or vectors > fitted[0] * 1.1 or vectors < fitted[0]:
+            per_generator = {g: [c.vector for c in self.cache.sample(n, MAX_PER_GENERATOR)] for g, n in ns.items()}
+            self._prototypes = fitted = (vectors, fit_prototypes(per_generator))
+        return fitted[1]
 
     def open_set_calibration(self) -> OpenSetCalibration | None:
         """The cache's leave-one-generator-out calibration of ``unknown`` (:mod:`~resynth_index.attribution.open_set`),
@@ -357,11 +380,10 @@ class Attributor:
         ns = self.namespaces
         if not sc.open_set or sc.unknown_threshold != float("-inf") or not ns:
             return None
-        stored = self.cache.namespaces()
-        vectors = sum(stored[n]["vectors"] for n in set(ns.values()) if n in stored)
+        vectors = self._stored_vectors()
         cal = self._open_set
         if cal is None or vectors > cal.vectors * 1.1 or vectors < cal.vectors:
-            cal = self._open_set = calibrate_open_set(self.cache, ns, sc)
+            cal = self._open_set = calibrate_open_set(self.cache, ns, sc, self.prototypes())
         return cal
 
     # ----------------------------------------------------------------- housekeeping

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import ScoringConfig
-from .scoring import aggregate, combine
+from .scoring import evidence_scores
 
 if TYPE_CHECKING:
     from ..store.cache import CandidateCache
+    from .prototypes import Prototypes
 
 #: candidates sampled per generator; enough for a 5% FPR quantile over (generators - 1) x this many cases
 SAMPLES_PER_GENERATOR = 64
@@ -76,9 +77,10 @@ def _threshold_at_fpr(negatives: np.ndarray, fpr: float) -> float:
 
 
 def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
-                     per_generator: int = SAMPLES_PER_GENERATOR, seed: int = 0) -> list[tuple[str, dict[str, float]]]:
+                     prototypes: Prototypes | None = None, per_generator: int = SAMPLES_PER_GENERATOR,
+                     seed: int = 0) -> list[tuple[str, dict[str, float]]]:
     """(true generator, per-generator scores) for a sample of each generator's cached candidates, each scored
-    as a query with itself left out of the evidence."""
+    as a query with itself left out of the evidence (its generator's prototype included)."""
     rows: list[tuple[str, dict[str, float]]] = []
     k = scoring.unrestricted_k
     for g, ns in namespaces.items():
@@ -102,14 +104,18 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
                 sims = [nb.score for nb in rows_h[i] if (nb.record_id, nb.position) != (cand.record_id, cand.position)]
                 if sims:
                     unrestricted[h] = np.asarray(sims[:k], np.float32)
-            scores = combine(aggregate(restricted, scoring), aggregate(unrestricted, scoring), scoring)
+            prototype = None
+            if prototypes is not None:
+                prototype = prototypes.scores(cand.vector, leave_out=(g, prototypes.transform(cand.vector)[0]))
+            scores = evidence_scores(restricted, unrestricted, prototype, scoring)
             if g in scores and len(scores) > 1:
                 rows.append((g, scores))
     return rows
 
 
-def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig, *,
-                       per_generator: int = SAMPLES_PER_GENERATOR, seed: int = 0) -> OpenSetCalibration:
+def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
+                       prototypes: Prototypes | None = None, *, per_generator: int = SAMPLES_PER_GENERATOR,
+                       seed: int = 0) -> OpenSetCalibration:
     """Leave-one-generator-out calibration of the ``unknown`` threshold over the cached candidates."""
     fpr = scoring.target_fpr
     stats = cache.namespaces()
@@ -119,7 +125,7 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note=f"needs two or more generators with {MIN_SAMPLES}+ cached candidates each "
                                        f"(have {counts}); build more prompts")
-    rows = candidate_scores(cache, namespaces, scoring, per_generator, seed)
+    rows = candidate_scores(cache, namespaces, scoring, prototypes, per_generator, seed)
     typical = {g: float(np.median([s[g] for t, s in rows if t == g])) for g in namespaces if any(t == g for t, _ in rows)}
     cal = OpenSetCalibration(fpr, None, None, None, typical, len(rows), vectors)
     known = np.array([cal.relative(s) for _, s in rows])

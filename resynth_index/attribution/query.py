@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import Config, ScoringConfig
 from .results import Attribution, Evidence
-from .scoring import UNKNOWN, aggregate, combine, decide, fuse
+from .scoring import UNKNOWN, decide, evidence_scores, fuse
 
 if TYPE_CHECKING:
     from ..gallery.matching import GalleryView, QueryGallery
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..models.inverters import Inverter
     from ..store.cache import CacheLookup, CandidateCache, Neighbour
     from .open_set import OpenSetCalibration
+    from .prototypes import Prototypes
 
 
 @dataclass
@@ -176,7 +177,7 @@ def gather_evidence(batch: QueryBatch, *, cache: CandidateCache | None, namespac
 
 
 def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: Config, top_k: int,
-                     open_set: OpenSetCalibration | None = None) -> None:
+                     open_set: OpenSetCalibration | None = None, prototypes: Prototypes | None = None) -> None:
     """Per image: restricted and unrestricted scores, combined, fused with the gallery's fingerprint scores,
     the decision (``unknown`` below the cache's calibrated open-set threshold; the gallery's calibrated gates
     may turn it into ``real`` or ``unknown``), what decided it and by what margin, and the top ``top_k``
@@ -195,7 +196,8 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
         if qg is not None and sc.mode != "restricted":
             for g, (sims, _) in qg.semantic.items():
                 unrestricted[g] = np.concatenate([unrestricted.get(g, np.zeros(0, np.float32)), sims])
-        resynthesis_scores = combine(aggregate(restricted, sc), aggregate(unrestricted, sc), sc)
+        prototype = prototypes.scores(q) if prototypes is not None else None
+        resynthesis_scores = evidence_scores(restricted, unrestricted, prototype, sc)
         scores = resynthesis_scores
         if qg is not None:
             scores = fuse(scores, {g: s for g, (s, _) in qg.fingerprint.items()}, gc.weight)

@@ -92,6 +92,17 @@ def combine(restricted: Mapping[str, float], unrestricted: Mapping[str, float], 
     return fuse(restricted, unrestricted, cfg.unrestricted_weight)
 
 
+def evidence_scores(restricted: Mapping[str, np.ndarray], unrestricted: Mapping[str, np.ndarray],
+                    prototype: Mapping[str, float] | None, cfg: ScoringConfig) -> dict[str, float]:
+    """The per-generator score from the cache's evidence: restricted and unrestricted similarities aggregated and
+    combined (:func:`combine`), then fused with the prototype scores (:mod:`~resynth_index.attribution.prototypes`)
+    at ``prototype_weight``. Queries and the open-set calibration both score through here."""
+    scores = combine(aggregate(restricted, cfg), aggregate(unrestricted, cfg), cfg)
+    if prototype and cfg.prototype_weight > 0:
+        scores = fuse(scores, prototype, cfg.prototype_weight) if scores else dict(prototype)
+    return scores
+
+
 def fuse(scores: Mapping[str, float], fingerprint: Mapping[str, float], weight: float) -> dict[str, float]:
     """``(1 - weight) * scores + weight * fingerprint`` per generator; one with a single kind of evidence keeps
     it. Used for restricted + unrestricted (mode ``both``) and for folding in the fingerprint gallery."""

@@ -46,6 +46,8 @@ HARD_SEED_BASE = 3_000_017  # query seeds: never a candidate seed (those are >= 
 #: Generators whose queries are judged for sibling confusion: one fine-tune family.
 SIBLINGS = ("sd", "sd-ft-light", "sd-ft-heavy")
 HELD_OUT = ("sd-other",)
+FINE_TUNE_STEPS = (20, 60)  # sd-ft-light, sd-ft-heavy
+TRAIN_IMAGES = 16  # style images per fine-tune
 _SIZE = 64
 
 
@@ -168,16 +170,19 @@ def _other_unet(sd_pipe):
     return pipe
 
 
-def build_pipelines(train_prompts: list[str], log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def build_pipelines(train_prompts: list[str], *, fine_tune_steps: tuple[int, int] = FINE_TUNE_STEPS,
+                    train_images: int = TRAIN_IMAGES, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """The six benchmark pipelines, by name (deterministic: fixed seeds, fine-tuned on one thread)."""
     from ..models.zoo import build_zoo_pipeline
 
     sd = build_zoo_pipeline("tiny-sd")
     pipes = {"sd": sd}
+    light, heavy = fine_tune_steps
+    n = train_images
     with _single_thread():
         t0 = time.perf_counter()
-        pipes["sd-ft-light"] = fine_tune(sd, _warm_grade, train_prompts[:16], steps=20, seed=11)
-        pipes["sd-ft-heavy"] = fine_tune(sd, _grain, train_prompts[16:32], steps=60, seed=12)
+        pipes["sd-ft-light"] = fine_tune(sd, _warm_grade, train_prompts[:n], steps=light, seed=11)
+        pipes["sd-ft-heavy"] = fine_tune(sd, _grain, train_prompts[n : 2 * n], steps=heavy, seed=12)
         log(f"fine-tunes trained in {time.perf_counter() - t0:.0f}s")
     pipes["sd-other"] = _other_unet(sd)
     pipes["sdxl"] = build_zoo_pipeline("tiny-sdxl")
@@ -210,9 +215,12 @@ def _config_toml(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_hard_benchmark(directory: str | Path, *, per_generator: int = 8, progress: bool = True) -> HardBenchmark:
+def build_hard_benchmark(directory: str | Path, *, per_generator: int = 8, progress: bool = True,
+                         fine_tune_steps: tuple[int, int] = FINE_TUNE_STEPS,
+                         train_images: int = TRAIN_IMAGES) -> HardBenchmark:
     """Build (or reuse) the hard benchmark in ``directory``: ``generators/NAME`` save_pretrained directories,
-    ``config.toml``, ``queries/`` with ``manifest.csv`` and ``hard.json``."""
+    ``config.toml``, ``queries/`` with ``manifest.csv`` and ``hard.json``. ``fine_tune_steps`` and
+    ``train_images`` shrink the fine-tunes for tests; the benchmark's figures use the defaults."""
     from ..attribution.engine import PACKAGED_PROMPTS, read_prompt_file
     from ..config import GeneratorSettings
     from ..models.generators import load_generator
@@ -223,7 +231,8 @@ def build_hard_benchmark(directory: str | Path, *, per_generator: int = 8, progr
             print(f"[hard benchmark] {msg}", file=sys.stderr, flush=True)
 
     directory = Path(directory)
-    stamp = {"version": HARD_VERSION, "per_generator": per_generator}
+    stamp = {"version": HARD_VERSION, "per_generator": per_generator, "fine_tune_steps": list(fine_tune_steps),
+             "train_images": train_images}
     marker = directory / "hard.json"
     config = _config_mapping(directory.resolve())
     manifest = directory / "queries" / "manifest.csv"
@@ -237,7 +246,7 @@ def build_hard_benchmark(directory: str | Path, *, per_generator: int = 8, progr
 
     t0 = time.perf_counter()
     train_prompts = read_prompt_file(PACKAGED_PROMPTS)
-    pipes = build_pipelines(train_prompts, log)
+    pipes = build_pipelines(train_prompts, fine_tune_steps=fine_tune_steps, train_images=train_images, log=log)
     for name, pipe in pipes.items():
         target = directory / "generators" / name
         if target.exists():

@@ -206,7 +206,8 @@ class EfficientNetLite0Embedder(Embedder):
         if layer is None:
             super().__init__(id="efficientnet-lite0:imagenet:pool", dim=1280, device=device, batch_size=batch_size)
         else:
-            dim = self.model.blocks[layer - 1][-1].conv_pwl.out_channels
+            last = self.model.blocks[layer - 1][-1]  # stage 1 is a depthwise-separable block (no conv_pwl)
+            dim = (last.conv_pwl if hasattr(last, "conv_pwl") else last.conv_pw).out_channels
             super().__init__(
                 id=f"efficientnet-lite0:imagenet:block{layer}", dim=dim, device=device, batch_size=batch_size
             )
@@ -353,6 +354,56 @@ def _probe_dim(net, preprocess, device, block=None) -> int:
     return int(out.shape[-1])
 
 
+# ------------------------------------------------------------------------------------------ with a fingerprint
+
+
+class FingerprintedEmbedder(Embedder):
+    """A semantic embedder's rows joined with a native-resolution noise-residual spectrum of the same image.
+
+    Fine-tunes that share their base model's VAE leave their trace in the fine texture of the decoded image,
+    which a semantic network pools away. The spectrum (:class:`~resynth_index.models.fingerprints.SpectrumFingerprint`,
+    ``window``-sized patches at native resolution) keeps it. Its log power values are centred on their own mean
+    (the common 1/f slope of every image carries nothing) and scaled to unit length; the row is
+    ``[sqrt(1 - w) * semantic, sqrt(w) * spectrum]``, unit length, so a cosine is ``(1 - w)`` times the semantic
+    cosine plus ``w`` times the spectrum's. An image smaller than the fingerprint's minimum side keeps its
+    semantic part alone (and the spectrum part zero).
+    """
+
+    def __init__(self, base: Embedder, fingerprint, weight: float) -> None:
+        if not 0.0 < weight < 1.0:
+            raise ConfigError(f"embedder.fingerprint_weight must be between 0 and 1 (exclusive), got {weight!r}")
+        self.base, self.fingerprint, self.weight = base, fingerprint, float(weight)
+        super().__init__(id=f"{base.id}+{fingerprint.id}:w{weight:g}", dim=base.dim + fingerprint.dim,
+                         device=base.device, batch_size=base.batch_size)
+        self.extra_outputs = base.extra_outputs
+        self.runtime = getattr(base, "runtime", "torch")
+
+    def network_use(self) -> NetworkUse | None:
+        return self.base.network_use()
+
+    def _join(self, semantic: np.ndarray, images: Sequence[Image.Image]) -> np.ndarray:
+        from .fingerprints import MIN_SIDE
+
+        spectrum = np.zeros((len(images), self.fingerprint.dim), np.float32)
+        for i, im in enumerate(images):
+            if min(im.size) >= MIN_SIDE:
+                f = self.fingerprint.extract([im])[0]
+                f = f - f.mean()
+                spectrum[i] = f / max(float(np.linalg.norm(f)), 1e-12)
+        out = np.concatenate([np.sqrt(1.0 - self.weight) * semantic, np.sqrt(self.weight) * spectrum], axis=1)
+        return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        images = [images] if isinstance(images, Image.Image) else [_rgb(im) for im in images]
+        return self._join(self.base.embed(images), images)
+
+    def embed_with(self, images: Sequence[Image.Image], output: str,
+                   rows: Sequence[int]) -> tuple[np.ndarray, torch.Tensor]:
+        images = [images] if isinstance(images, Image.Image) else [_rgb(im) for im in images]
+        semantic, extra = self.base.embed_with(images, output, rows)
+        return self._join(semantic, images), extra
+
+
 # ------------------------------------------------------------------------------------------------ factory
 
 
@@ -437,5 +488,10 @@ def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto
         batch_size=cfg.batch_size,
         runtime=cfg.runtime,
     )
+    if cfg.fingerprint != "none":
+        from .fingerprints import load_fingerprint
+
+        embedder = FingerprintedEmbedder(embedder, load_fingerprint(cfg.fingerprint, window=cfg.fingerprint_window),
+                                         cfg.fingerprint_weight)
     embedder.share_forward = cfg.share_forward
     return embedder

@@ -68,6 +68,8 @@ def test_efficientnet_intermediate_stage_is_the_default_and_differs_from_final(e
     np.testing.assert_array_equal(a, stage.embed(photos))
     np.testing.assert_allclose(a, np.concatenate([stage.embed([im]) for im in photos]), atol=1e-5)
     assert load_embedder("efficientnet-lite0", layer=2, device="cpu").dim == 24
+    first = load_embedder("efficientnet-lite0", layer=1, device="cpu")  # a depthwise-separable stage
+    assert first.dim == 16 and first.embed(photos[:1]).shape == (1, 16)
     # Same images, different geometry: pairwise similarities are not those of the final features.
     final = effnet.embed(photos)
     assert not np.allclose(a @ a.T, final @ final.T, atol=0.05)

@@ -1,0 +1,79 @@
+"""Generator prototypes: every cached candidate of a generator, summarised as its class mean in a whitened space.
+
+A fine-tune shares its base model's architecture, VAE and text encoder, so no single candidate looks much more
+like the query under one sibling than under the other; what differs is a small, consistent shift of the
+whole output distribution. Averaging all of a generator's cached candidates removes the seed- and
+prompt-specific part and keeps that shift, and whitening with the pooled within-generator covariance (shrunk
+towards a multiple of the identity, so that a few hundred candidates suffice in a few hundred dimensions)
+weighs each direction by how reliably it separates generators rather than by how much it varies. This is
+Fisher's linear discriminant used as a nearest-class-mean rule, fitted on nothing but the candidates the
+cache already holds: no training, and it follows the cache as it grows.
+
+The score of a generator is the cosine, in the whitened space, between the query and that generator's mean
+(both centred on the mean of all candidates). :meth:`Prototypes.scores` can leave one stored candidate out of
+its own generator's mean, which the open-set calibration uses to score candidates as if they were queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+#: candidates per generator read into the fit (a fixed-seed sample beyond this)
+MAX_PER_GENERATOR = 20_000
+#: fewer cached candidates than this for some generator: no prototypes (the other evidence decides)
+MIN_PER_GENERATOR = 8
+#: weight of the identity in the shrunk within-generator covariance
+SHRINKAGE = 0.1
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    mean: np.ndarray  # (d,) mean of all candidates
+    whiten: np.ndarray  # (d, d) inverse square root of the shrunk pooled within-generator covariance
+    sums: dict[str, np.ndarray]  # generator -> sum of its whitened, centred candidates
+    counts: dict[str, int]
+    vectors: int  # candidates fitted (refit when the cache has grown)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Centred, whitened rows (not normalised)."""
+        return (np.atleast_2d(np.asarray(x, np.float64)) - self.mean) @ self.whiten
+
+    def scores(self, query: np.ndarray, leave_out: tuple[str, np.ndarray] | None = None) -> dict[str, float]:
+        """Cosine of one query to each generator's mean in the whitened space. ``leave_out`` =
+        (generator, its whitened candidate) removes that candidate from its generator's mean."""
+        q = _unit(self.transform(query)[0])
+        out = {}
+        for g, total in self.sums.items():
+            n = self.counts[g]
+            if leave_out is not None and leave_out[0] == g:
+                total, n = total - leave_out[1], n - 1
+            out[g] = float(_unit(total / n) @ q)
+        return out
+
+
+def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = SHRINKAGE) -> Prototypes | None:
+    """Fit the whitened class means from each generator's candidate vectors; None when some generator has fewer
+    than :data:`MIN_PER_GENERATOR` candidates or there are fewer than two generators."""
+    data = {g: np.asarray(v, np.float64) for g, v in per_generator.items()}
+    if len(data) < 2 or min(len(v) for v in data.values()) < MIN_PER_GENERATOR:
+        return None
+    everything = np.concatenate(list(data.values()))
+    mean = everything.mean(axis=0)
+    within = np.concatenate([v - v.mean(axis=0) for v in data.values()])
+    cov = within.T @ within / len(within)
+    d = cov.shape[0]
+    cov = (1.0 - shrinkage) * cov + shrinkage * (np.trace(cov) / d) * np.eye(d)
+    values, vecs = np.linalg.eigh(cov)
+    whiten = vecs / np.sqrt(np.maximum(values, 1e-12 * values.max()))
+    sums = {g: ((v - mean) @ whiten).sum(axis=0) for g, v in data.items()}
+    return Prototypes(mean, whiten, sums, {g: len(v) for g, v in data.items()}, len(everything))
+
+
+__all__ = ["MIN_PER_GENERATOR", "Prototypes", "fit_prototypes"]

@@ -1,0 +1,84 @@
+"""Open set by default: the cache calibrates ``unknown`` on its own candidates (leave one generator out), and
+every result says what decided it and by what margin."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from resynth_index import Attributor
+from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
+from resynth_index.attribution.open_set import MIN_SAMPLES, calibrate_open_set, candidate_scores
+from resynth_index.cli import main
+from resynth_index.evaluation.samples import write_samples
+
+GENERATORS = [{"name": "tiny-sd", "source": "zoo:tiny-sd"}, {"name": "tiny-sdxl", "source": "zoo:tiny-sdxl"}]
+CONFIG = {"generators": GENERATORS}
+PROMPTS = read_prompt_file(PACKAGED_PROMPTS)[:MIN_SAMPLES]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    index = tmp_path_factory.mktemp("index")
+    samples = tmp_path_factory.mktemp("samples")
+    with Attributor(CONFIG, index=index, device="cpu") as engine:
+        engine.build(PROMPTS, progress=False)
+        write_samples(engine, samples, per_generator=2)
+    return index, samples
+
+
+def test_calibration_holds_its_false_positive_rate_on_the_cache(index):
+    with Attributor(CONFIG, index=index, device="cpu", readonly=True) as engine:
+        cal = engine.open_set_calibration()
+        rows = candidate_scores(engine.cache, engine.namespaces, engine.config.scoring)
+    assert cal.threshold is not None and cal.samples == len(rows) == 2 * MIN_SAMPLES
+    assert cal.fpr <= cal.target_fpr == 0.05
+    assert 0.0 <= cal.tpr <= 1.0 and set(cal.typical) == {"tiny-sd", "tiny-sdxl"}
+    # no candidate is its own evidence: a self-match would score exactly 1 for its own generator
+    assert all(scores[truth] < 0.99999 for truth, scores in rows)
+    # the never-indexed case is what sets the threshold: removing each row's own generator and re-scoring
+    never = sorted((cal.relative({g: s for g, s in scores.items() if g != t}) for t, scores in rows), reverse=True)
+    assert sum(v >= cal.threshold for v in never) <= int(0.05 * len(never))
+
+
+def test_results_say_what_decided_and_the_margin(index):
+    _, samples = index
+    with Attributor(CONFIG, index=index, device="cpu", readonly=True) as engine:
+        results = engine.attribute([samples], resynthesize=False)
+    for r in results:
+        assert r.decided_by in ("resynthesis", "open_set")
+        assert r.margin == pytest.approx(list(r.scores.values())[0] - list(r.scores.values())[1])
+        assert set(r.open_set) == {"statistic", "threshold", "tpr", "fpr"}
+        assert (r.prediction == "unknown") == (r.open_set["statistic"] < r.open_set["threshold"])
+        line = r.to_dict()
+        assert line["decided_by"] == r.decided_by and "margin" in line and "open_set" in line
+
+
+def test_explicit_threshold_wins_and_open_set_can_be_turned_off(index):
+    _, samples = index
+    strict = {**CONFIG, "scoring": {"unknown_threshold": 2.0}}  # cosines never reach 2
+    with Attributor(strict, index=index, device="cpu", readonly=True) as engine:
+        results = engine.attribute([samples], resynthesize=False)
+    assert all(r.prediction == "unknown" and r.decided_by == "open_set" and r.open_set is None for r in results)
+    off = {**CONFIG, "scoring": {"open_set": False}}
+    with Attributor(off, index=index, device="cpu", readonly=True) as engine:
+        results = engine.attribute([samples], resynthesize=False)
+        assert engine.open_set_calibration() is None
+    assert all(r.prediction != "unknown" and r.decided_by == "resynthesis" for r in results)
+
+
+def test_a_small_cache_is_not_calibrated_and_says_why(tmp_path):
+    with Attributor(CONFIG, index=tmp_path, device="cpu") as engine:
+        engine.build(PROMPTS[:2], progress=False)
+        cal = calibrate_open_set(engine.cache, engine.namespaces, engine.config.scoring)
+    assert cal.threshold is None and "build more prompts" in cal.note
+
+
+def test_info_reports_the_calibration(index, tmp_path):
+    idx, _ = index
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("".join(f'[[generators]]\nname = "{g["name"]}"\nsource = "{g["source"]}"\n' for g in GENERATORS))
+    out = CliRunner().invoke(main, ["info", "--index", str(idx), "--config", str(cfg), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["open_set"]["threshold"] is not None and data["open_set"]["fpr"] <= 0.05

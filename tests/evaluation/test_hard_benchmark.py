@@ -1,0 +1,108 @@
+"""The hard benchmark: fine-tunes that move only the UNet, a deterministic directory a user's config can load,
+queries with and without prompt metadata, and its own figures."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resynth_index.config import load_config
+from resynth_index.evaluation.hard import (
+    GENERATORS,
+    HELD_OUT,
+    build_hard_benchmark,
+    fine_tune,
+    hard_metrics,
+    read_query_flags,
+)
+from resynth_index.images.decode import decode_image
+from resynth_index.models.zoo import build_zoo_pipeline
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_fine_tune_moves_only_the_unet_and_changes_the_images():
+    base = build_zoo_pipeline("tiny-sd")
+    tuned = fine_tune(base, lambda px, rng: 255 - px, ["a red car", "a blue house"], steps=2, seed=3)
+    for name in ("vae", "text_encoder"):
+        before, after = _state(getattr(base, name)), _state(getattr(tuned, name))
+        assert all(torch.equal(before[k], after[k]) for k in before), name
+    unet_before, unet_after = _state(base.unet), _state(tuned.unet)
+    moved = [k for k in unet_before if not torch.equal(unet_before[k], unet_after[k])]
+    assert len(moved) > 0.9 * len(unet_before)  # a fine-tune moves (nearly) every tensor
+
+    def image(pipe):
+        out = pipe(prompt=["a red car"], num_inference_steps=3, height=64, width=64, output_type="np",
+                   generator=[torch.Generator().manual_seed(0)])
+        return out.images[0]
+
+    assert np.abs(image(base) - image(tuned)).mean() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return build_hard_benchmark(tmp_path_factory.mktemp("hard"), per_generator=2, progress=False,
+                                fine_tune_steps=(1, 2), train_images=2)
+
+
+def test_benchmark_directory_loads_as_a_user_config(bench):
+    config = load_config(bench.directory / "config.toml")
+    assert [g.name for g in config.generators] == [g.name for g in GENERATORS]
+    for g in config.generators:
+        assert (bench.directory / "generators" / g.name / "model_index.json").is_file()
+        assert g.source == str((bench.directory / "generators" / g.name).resolve())
+    assert bench.held_out == HELD_OUT
+    # the held-out generator shares sd's VAE (same weights on disk) and has its own UNet
+    sd, other = (bench.directory / "generators" / n for n in ("sd", "sd-other"))
+    assert (sd / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (other / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (sd / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != \
+        (other / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
+def test_queries_carry_metadata_on_every_other_image_and_pixart_another_call(bench):
+    with bench.manifest.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * len(GENERATORS)
+    flags = read_query_flags(bench.manifest)
+    for row in rows:
+        decoded = decode_image(bench.manifest.parent / row["file"])
+        if row["metadata"] == "1":
+            assert row["prompt"] in decoded.metadata["parameters"]
+            assert "Seed" not in decoded.metadata["parameters"]  # no exact replay from the benchmark's files
+        else:
+            assert "parameters" not in decoded.metadata
+        assert flags[row["file"]]["call"] == (json.loads(row["call"]))
+        assert bool(flags[row["file"]]["call"]) == (row["generator"] == "pixart")
+        assert Image.open(bench.manifest.parent / row["file"]).size == (64, 64)
+    assert sum(f["metadata"] for f in flags.values()) == len(rows) // 2
+
+
+def test_a_built_benchmark_is_reused(bench):
+    before = bench.manifest.stat().st_mtime_ns
+    again = build_hard_benchmark(bench.directory, per_generator=2, progress=False, fine_tune_steps=(1, 2),
+                                 train_images=2)
+    assert again.manifest == bench.manifest and bench.manifest.stat().st_mtime_ns == before
+
+
+def test_hard_metrics_count_sibling_confusion_and_subsets():
+    flags = {"a": {"metadata": True, "call": {}}, "b": {"metadata": False, "call": {}},
+             "c": {"metadata": False, "call": {"steps": 20}}, "d": {"metadata": True, "call": {}},
+             "e": {"metadata": False, "call": {}}}
+    records = [
+        {"file": "a", "truth": "sd", "prediction": "sd-ft-light"},  # sibling confusion
+        {"file": "b", "truth": "sd-ft-heavy", "prediction": "sd-ft-heavy"},
+        {"file": "c", "truth": "pixart", "prediction": "sdxl"},
+        {"file": "d", "truth": "sdxl", "prediction": "sdxl"},
+        {"file": "e", "truth": "sd-other", "prediction": "sd"},  # held out: not in the known figures
+    ]
+    m = hard_metrics(records, flags)
+    assert m["top1_known"] == pytest.approx(2 / 4)
+    assert m["sibling_confusion"] == pytest.approx(1 / 2)
+    assert m["called_differently_top1"] == 0.0
+    assert m["with_metadata_top1"] == pytest.approx(1 / 2) and m["without_metadata_top1"] == pytest.approx(1 / 2)
