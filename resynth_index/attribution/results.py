@@ -34,6 +34,11 @@ class Attribution:
     evidence: dict[str, list[Evidence]] = field(default_factory=dict)
     #: gallery view, when references are enrolled: fingerprint scores, real margin, thresholds, what decided
     gallery: dict[str, Any] | None = None
+    #: what the file says about its origin (manifest, watermark, claims, replay); None when it says nothing
+    provenance: dict[str, Any] | None = None
+    #: what decided the prediction: c2pa | replay | watermark (verified provenance), resynthesis | gallery
+    #: (scores), open_set | real_gate (the calibrated rules)
+    decided_by: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
