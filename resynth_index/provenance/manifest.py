@@ -47,10 +47,10 @@ def _settings(trust_anchors: str) -> dict:
 
 
 def _name(info) -> str | None:
+    """A tool's name (its version left out, so that it can be matched to a generator's name or aliases)."""
     if isinstance(info, dict):
-        name, version = info.get("name"), info.get("version")
-        return f"{name} {version}".strip() if name and version else name
-    return info if isinstance(info, str) and info else None
+        info = info.get("name")
+    return info.strip() if isinstance(info, str) and info.strip() else None
 
 
 def read_manifest(data: bytes | None, fmt: str | None, *, trust_anchors: str = "") -> ManifestEvidence | None:

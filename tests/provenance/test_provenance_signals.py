@@ -87,8 +87,8 @@ def test_signed_png_and_jpeg_validate_and_an_edit_after_signing_is_caught(chain,
         assert (untrusted.state, untrusted.trusted, untrusted.signature_valid, untrusted.hashes_match) == (
             "valid", False, True, True)
         assert untrusted.digital_source_type == "trainedAlgorithmicMedia" and untrusted.says_ai
-        assert untrusted.software_agents == ("tiny-sdxl 1.0",) and "signingCredential.untrusted" in untrusted.failures
-        assert untrusted.claim_generator.startswith("tiny-sdxl-service")
+        assert untrusted.software_agents == ("tiny-sdxl",) and "signingCredential.untrusted" in untrusted.failures
+        assert untrusted.claim_generator == "tiny-sdxl-service"
         trusted = read_manifest(signed, fmt, trust_anchors=str(anchors))
         assert (trusted.state, trusted.trusted) == ("trusted", True) and "rindex test signer" in trusted.signer
         edited = edit(signed)
