@@ -175,7 +175,7 @@ def section_replay(per_generator: int, tmp: Path) -> None:
     with Attributor(None, index=tmp / "replay-index") as engine:
         manifest = write_samples(engine, tmp / "replay", per_generator=per_generator, with_parameters=True)
         truth = {b.file: b.generator for b in read_benchmark(manifest)}
-        engine.attribute([tmp / "replay" / sorted(truth)[0]])  # loads every generator
+        engine.attribute([tmp / "replay" / min(truth)])  # loads every generator
         t0 = time.perf_counter()
         results = engine.attribute(sorted((tmp / "replay").glob("*.png")))
         wall = time.perf_counter() - t0

@@ -28,8 +28,8 @@ Normalisation rules (all documented because they change pixels, and therefore em
 
 ``metadata`` collects the text a file carries: PNG ``tEXt``/``iTXt``/``zTXt`` chunks under their own keys
 (A1111's ``parameters``, ComfyUI's ``prompt`` and ``workflow``...), a JPEG/GIF ``comment``, and from EXIF
-``exif:UserComment`` (the 8-byte charset header decoded: ``ASCII``, ``UNICODE`` (UTF-16), ``JIS``, undefined)
-and ``exif:ImageDescription``.
+``exif:UserComment`` (the 8-byte charset header decoded: ``ASCII``, ``UNICODE`` (UTF-16), ``JIS``, undefined),
+``exif:ImageDescription`` and ``exif:Software``. ``data`` keeps the file's bytes for the provenance readers.
 
 Example::
 

@@ -23,7 +23,7 @@ def certificate_chain() -> tuple[bytes, bytes, bytes]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(cn):
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
@@ -35,17 +35,17 @@ def certificate_chain() -> tuple[bytes, bytes, bytes]:
         return x509.KeyUsage(**{k: on.get(k, False) for k in keys})
 
     ca_key, ee_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    valid = dict(not_valid_before=now - datetime.timedelta(days=1), not_valid_after=now + datetime.timedelta(days=30))
+    start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
     ca = (x509.CertificateBuilder().subject_name(name("rindex test root")).issuer_name(name("rindex test root"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+          .not_valid_before(start).not_valid_after(end)
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True)
           .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .sign(ca_key, hashes.SHA256()))
     ee = (x509.CertificateBuilder().subject_name(name("rindex test signer")).issuer_name(ca.subject)
           .public_key(ee_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+          .not_valid_before(start).not_valid_after(end)
           .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
           .add_extension(usage(digital_signature=True), critical=True)
           .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)

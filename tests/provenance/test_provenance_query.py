@@ -13,12 +13,20 @@ import uuid
 
 import numpy as np
 import pytest
+from _provenance_artefacts import (
+    CAPTURE,
+    certificate_chain,
+    comfy_graph,
+    edit_png,
+    encode,
+    png_with_text,
+    sign,
+    watermark,
+)
 from click.testing import CliRunner
 from PIL import Image
 from skimage import data as skdata
 
-from _provenance_artefacts import (CAPTURE, certificate_chain, comfy_graph, edit_png, encode, png_with_text, sign,
-                                   watermark)
 from resynth_index import Attributor
 from resynth_index.cli import main
 from resynth_index.evaluation.samples import read_benchmark, write_samples
@@ -151,7 +159,7 @@ def test_http_service_reports_every_signal(world):
         deadline = time.monotonic() + 120
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.1)
-        sample = sorted(world["truth"])[0]
+        sample = min(world["truth"])
         files = [(n, b) for n, b in world["made"].items()] + [(sample, (world["samples"] / sample).read_bytes())]
         out = {r["path"]: r for r in _post(url, files)["results"]}
         _check_file_signals(out)
