@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..config import Config
+from ..errors import RindexError
 from ..provenance import (
     DECIDERS,
     GeneratorNames,
     Provenance,
+    ReplayResult,
     decide,
     read_provenance,
     replay,
@@ -34,7 +36,12 @@ def read_batch(results: Sequence[Attribution], images, config: Config, names: Ge
     out = []
     for res, d in zip(results, images):
         t0 = time.perf_counter()
-        out.append(read_provenance(d, config.provenance, names))
+        try:
+            out.append(read_provenance(d, config.provenance, names))
+        except RindexError:
+            raise  # a configuration error (an unreadable trust-anchor file) concerns every image
+        except Exception as exc:  # noqa: BLE001 - a hostile file fails its provenance, never the batch
+            out.append(Provenance(errors=[f"provenance: {type(exc).__name__}: {exc}"[:300]]))
         res.timings["provenance"] = time.perf_counter() - t0
     return out
 
@@ -47,8 +54,13 @@ def replay_stated(results: Sequence[Attribution], images, provs: Sequence[Proven
     for res, d, prov in zip(results, images, provs):
         if prov.decided_by is None and prov.parameters is not None:
             t0 = time.perf_counter()
-            prov.replay = replay(d.image, prov.parameters, generators=runnable, load=load,
-                                 max_distance=config.provenance.replay_max_distance)
+            try:
+                prov.replay = replay(d.image, prov.parameters, generators=runnable, load=load,
+                                     max_distance=config.provenance.replay_max_distance)
+            except RindexError:
+                raise  # a generator that cannot load concerns every image
+            except Exception as exc:  # noqa: BLE001 - stated settings a pipeline rejects fail this replay only
+                prov.replay = ReplayResult("skipped", reason=f"{type(exc).__name__}: {exc}"[:300])
             res.timings["replay"] = time.perf_counter() - t0
             decide(prov, config.provenance)
 

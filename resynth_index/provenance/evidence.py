@@ -111,13 +111,14 @@ class Provenance:
     decision: str | None = None  # a generator, or "real" (a trusted camera manifest)
     decided_by: str | None = None  # "c2pa", "replay" or "watermark"
     disagreements: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # a reader that failed on this file (the others still ran)
 
     @property
     def empty(self) -> bool:
         """Nothing worth reporting: no manifest, no watermark above "none", no claims, no parameters."""
         quiet_mark = self.watermark is None or self.watermark.verdict == "none"
         return (self.manifest is None and quiet_mark and not self.claims and self.parameters is None
-                and self.replay is None)
+                and self.replay is None and not self.errors)
 
     def to_dict(self) -> dict[str, Any]:
         """The result's ``provenance`` object (floats rounded to 6 decimals)."""

@@ -122,6 +122,8 @@ def test_signed_png_and_jpeg_validate_and_an_edit_after_signing_is_caught(chain,
         broken = read_manifest(edited, fmt, trust_anchors=str(anchors))
         assert broken.state == "invalid" and not broken.hashes_match and "changed after signing" in broken.note
         assert any(f.endswith("dataHash.mismatch") for f in broken.failures)
+        truncated = read_manifest(signed[: len(signed) // 2], fmt)  # a damaged store is evidence, not a crash
+        assert truncated is None or truncated.state in ("unreadable", "invalid")
     assert read_manifest(encode(img, "PNG"), "PNG") is None
     with pytest.raises(ConfigError, match="c2pa_trust_anchors"):
         read_manifest(signed, "JPEG", trust_anchors=str(tmp_path / "missing.pem"))
