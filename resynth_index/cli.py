@@ -342,16 +342,19 @@ def zoo_export(name, directory):
 @_config_option
 @_device_option
 @click.option("--per-generator", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--with-parameters", is_flag=True,
+              help="Write each sample's generation settings into it (A1111 parameters), so that it can be replayed.")
 @_threads_option
-def zoo_samples(outdir, config, device, per_generator, threads):
-    """Write labelled samples (held-out prompts and seeds, no metadata) and OUTDIR/manifest.csv."""
+def zoo_samples(outdir, config, device, per_generator, with_parameters, threads):
+    """Write labelled samples (held-out prompts and seeds, no metadata unless --with-parameters) and
+    OUTDIR/manifest.csv."""
     config = _configured(config, threads)
     from .attribution.engine import Attributor
     from .evaluation.samples import write_samples
 
     try:
         engine = Attributor(config, device=device)
-        manifest = write_samples(engine, outdir, per_generator=per_generator)
+        manifest = write_samples(engine, outdir, per_generator=per_generator, with_parameters=with_parameters)
     except RindexError as exc:
         _fail(exc)
     click.echo(f"wrote samples and {manifest}", err=True)

@@ -90,6 +90,16 @@ Example (every key, with its default unless marked)::
     window = 64                     # spectrum: native-resolution window size
     patches = 8                     # patches kept per image, most high-frequency energy first
 
+    [provenance]                    # what the file says about its origin (README "Provenance")
+    c2pa = true                     # read and verify C2PA manifests
+    c2pa_trust_anchors = ""         # PEM file of extra root certificates to trust (beside the SDK's own list)
+    c2pa_trusted_only = true        # a manifest decides only when its signer is trusted; false: any valid one
+    watermark = true                # decode the invisible DWT-DCT watermarks (SDXL, SD 1.x, SD 2.x scripts)
+    watermark_min_agreement = 0.75  # share of message bits that must agree to decide (36 of 48: "very likely")
+    claims = true                   # IPTC/XMP DigitalSourceType and front-end claims (A1111, ComfyUI, ...)
+    replay = true                   # regenerate with the parameters a file states, with every generator
+    replay_max_distance = 0.02      # RMSE (0..1 pixel scale) under which a replay counts as a reproduction
+
     [[generators]]                  # repeat per candidate generator
     name = "sd15"
     source = "stable-diffusion-v1-5/stable-diffusion-v1-5"   # hub id, local directory, or zoo:NAME;
@@ -107,6 +117,10 @@ Example (every key, with its default unless marked)::
     call = { negative_prompt = "blurry", clip_skip = 1 }   # (default: {}) more arguments of the pipeline
                                     # call, checked against its signature when it loads; or a [generators.call]
                                     # table after the [[generators]] entry (README "How a generator is called")
+    aliases = ["v1-5-pruned-emaonly", "SD 1.5"]   # names front ends and manifests give this model (default: none)
+    weight_hashes = ["6ce0161689"]  # A1111 model hashes (10 or 8 hex digits) or full SHA-256 (default: none)
+    weights_file = ""               # a single-file checkpoint whose hashes are computed (default: none)
+    watermark = ""                  # the invisible watermark its pipeline embeds: sdxl | sd1 | sd2 (default: none)
 """
 
 from __future__ import annotations
@@ -207,6 +221,20 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class ProvenanceConfig:
+    """Switches and thresholds of the provenance stage (:mod:`resynth_index.provenance`)."""
+
+    c2pa: bool = True
+    c2pa_trust_anchors: str = ""
+    c2pa_trusted_only: bool = True
+    watermark: bool = True
+    watermark_min_agreement: float = 0.75
+    claims: bool = True
+    replay: bool = True
+    replay_max_distance: float = 0.02
+
+
+@dataclass(frozen=True)
 class GalleryConfig:
     fingerprint: str = "spectrum"
     weight: float = 0.5
@@ -299,6 +327,11 @@ class GeneratorSettings:
     "use_resolution_binning": False}``): scalars or flat lists of them, checked against the pipeline's
     signature when it loads; they override the engine's own per-pipeline choices and enter the cache namespace.
     Arguments the engine sets itself (prompt, steps, guidance, size, seeds, output) are refused here.
+
+    Provenance (none of these enter the cache namespace): ``aliases`` are the names front ends and manifests
+    give this model (A1111 ``Model``, ComfyUI ``ckpt_name``, a C2PA software agent); ``weight_hashes`` its
+    A1111 model hashes or SHA-256 digests; ``weights_file`` a single-file checkpoint whose hashes are computed
+    on first need; ``watermark`` the invisible watermark its pipeline embeds (``sdxl``, ``sd1``, ``sd2``).
     """
 
     name: str
@@ -313,6 +346,10 @@ class GeneratorSettings:
     batch_size: int = 4
     batch_invariant: bool | None = None
     call: dict[str, Any] = field(default_factory=dict, hash=False)  # a dict is unhashable: not in hash()
+    aliases: tuple[str, ...] = ()
+    weight_hashes: tuple[str, ...] = ()
+    weights_file: str = ""
+    watermark: str = ""
 
     def __post_init__(self) -> None:
         label = f"generator {self.name!r}" if isinstance(self.name, str) and self.name else "generator"
@@ -364,6 +401,7 @@ class Config:
     build: BuildConfig = field(default_factory=BuildConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     generators: tuple[GeneratorSettings, ...] = field(default_factory=_default_generators)
 
     def generator(self, name: str) -> GeneratorSettings:
@@ -385,7 +423,11 @@ _CHOICES = {
     "generators.dtype": GENERATOR_DTYPES,
     "serve.miss_policy": ("queue", "inline"),
     "gallery.fingerprint": ("spectrum", "bitplane", "none"),
+    "generators.watermark": ("", "sdxl", "sd1", "sd2"),
 }
+
+#: List keys that may be empty (the others, like inverter.chain, need at least one item).
+_MAY_BE_EMPTY = {"generators.aliases", "generators.weight_hashes"}
 
 _POSITIVE = {
     "embedder.batch_size", "inverter.max_new_tokens", "scoring.knn_k", "scoring.unrestricted_k",
@@ -394,13 +436,15 @@ _POSITIVE = {
     "serve.max_batch", "serve.max_pending", "serve.image_cache_size",
     "gallery.layer", "gallery.bits", "gallery.patch", "gallery.window", "gallery.patches", "gallery.target_fpr",
     "scoring.target_fpr",
+    "provenance.watermark_min_agreement", "provenance.replay_max_distance",
 }
 
 #: Most CPU threads the ``threads`` key accepts (0 = automatic; see devices.apply_thread_policy).
 MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "threads": (0, MAX_THREADS), "scoring.prototype_weight": (0, 1),
-           "scoring.target_fpr": (0, 1), "embedder.fingerprint_window": (16, 512)}  # inclusive bounds
+           "scoring.target_fpr": (0, 1), "embedder.fingerprint_window": (16, 512),
+           "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 
 
 def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) -> Any:
@@ -420,7 +464,7 @@ def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) 
         for v in value:
             if allowed and v not in allowed:
                 raise ConfigError(f"{origin}: key '{key}' has {v!r}; choose from {', '.join(allowed)}")
-        if not value:
+        if not value and base not in _MAY_BE_EMPTY:
             raise ConfigError(f"{origin}: key '{key}' must not be empty")
         return value
     if target is float:

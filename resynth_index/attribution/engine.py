@@ -38,8 +38,9 @@ from PIL import Image
 from ..config import Config, default_index_dir, load_config
 from ..devices import apply_thread_policy, ensure_thread_policy, resolve_device, thread_report
 from ..errors import ConfigError, RindexError, UsageError
+from ..provenance import GeneratorNames
 from ..store.keys import normalize_prompt
-from . import query
+from . import provenance_step, query
 from .loaded import LoadedModels
 from .resynthesis import PACKAGED_PROMPTS, candidate_seeds, read_prompt_file, resynthesize_missing
 from .results import Attribution, BuildReport, Evidence
@@ -102,6 +103,7 @@ class Attributor:
         self._gallery_view = None  # (gallery version, GalleryView)
         self._open_set: OpenSetCalibration | None = None
         self._prototypes: tuple[int, Prototypes | None] | None = None  # (stored vectors when fitted, fit)
+        self._generator_names: GeneratorNames | None = None
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
         #: running mean of resynthesis seconds per prompt (all generators), for ``resynthesis_budget``
         self.resynthesis_seconds_per_prompt: float | None = None
@@ -333,11 +335,17 @@ class Attributor:
         batch = query.QueryBatch([res for res, _ in decoded], [d for _, d in decoded])
         ns = self.namespaces
         cache = self.cache if ns else None  # open it (and load the prompt embedder) before any stage is timed
+        provs = provenance_step.read_batch(batch.results, batch.images, self.config, self.generator_names)
+        if resynthesize:  # a replay generates: only where the query may
+            provenance_step.replay_stated(batch.results, batch.images, provs, self.config, runnable=self.runnable,
+                                          load=self.generator)
         query.invert_and_look_up(batch, inverter=self.inverter if ns else None, embedder=self.embedder,
                                  cache=cache, namespaces=ns)
         if resynthesize:
             misses = query.misses_within_budget(batch, budget=resynthesis_budget,
                                                 seconds_per_prompt=self.resynthesis_seconds_per_prompt)
+            misses = provenance_step.skip_decided(misses, {id(r) for r, p in zip(batch.results, provs)
+                                                           if p.decided_by is not None})
             if misses:
                 per_prompt = query.resynthesize_misses(batch, misses, resynthesize=self._resynthesize, cache=cache,
                                                        namespaces=ns, group=self.config.build.batch_size,
@@ -349,6 +357,7 @@ class Attributor:
         query.score_and_decide(batch, evidence, config=self.config, top_k=top_k,
                                open_set=self.open_set_calibration() if ns else None,
                                prototypes=self.prototypes() if ns else None)
+        provenance_step.settle(batch.results, provs)
 
     def _stored_vectors(self) -> int:
         stored = self.cache.namespaces()
@@ -385,6 +394,13 @@ class Attributor:
         if cal is None or vectors > cal.vectors * 1.1 or vectors < cal.vectors:
             cal = self._open_set = calibrate_open_set(self.cache, ns, sc, self.prototypes())
         return cal
+
+    @property
+    def generator_names(self) -> GeneratorNames:
+        """The configured generators' names, aliases and weight hashes, for matching provenance claims."""
+        if self._generator_names is None:
+            self._generator_names = GeneratorNames(self.config.generators)
+        return self._generator_names
 
     # ----------------------------------------------------------------- housekeeping
     def info(self) -> dict[str, Any]:

@@ -32,14 +32,17 @@ class Attribution:
     matched_prompt: str | None = None
     prompt_similarity: float | None = None
     evidence: dict[str, list[Evidence]] = field(default_factory=dict)
-    #: what decided: ``resynthesis`` (cached candidates), ``gallery`` (enrolled references only),
-    #: ``open_set`` (unknown: below the calibrated or configured threshold), ``real_gate`` (the gallery's gate)
+    #: what decided: ``c2pa`` | ``replay`` | ``watermark`` (verified provenance), ``resynthesis`` (cached
+    #: candidates), ``gallery`` (enrolled references only), ``open_set`` (unknown: below the calibrated or
+    #: configured threshold), ``real_gate`` (the gallery's gate)
     decided_by: str | None = None
     margin: float | None = None  # best score minus the runner-up's (None with a single generator)
     #: the cache's open-set calibration as applied: statistic (best score minus typical), threshold, TPR, FPR
     open_set: dict[str, Any] | None = None
     #: gallery view, when references are enrolled: fingerprint scores, real margin, thresholds, what decided
     gallery: dict[str, Any] | None = None
+    #: what the file says about its origin (manifest, watermark, claims, replay); None when it says nothing
+    provenance: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 

@@ -3,6 +3,10 @@
 Samples use prompts and seeds that ``rindex build`` never uses (``data/sample_prompts.txt``, seeds from
 :data:`SAMPLE_SEED_BASE`), carry no prompt in their metadata, and are named by a hash so that the file name does
 not reveal the source. ``manifest.csv`` beside them records file, generator, prompt and seed.
+
+With ``with_parameters`` each PNG carries A1111-style ``parameters`` instead: prompt, steps, sampler, guidance,
+seed, size and model (and the model hash when the generator has a ``weights_file``), everything an exact replay
+needs (README "Provenance").
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from PIL import PngImagePlugin
+
 from ..config import GeneratorSettings
 
 SAMPLE_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "sample_prompts.txt"
@@ -21,9 +27,11 @@ MANIFEST_FIELDS = ("file", "generator", "prompt", "seed")
 
 
 def write_samples(
-    attributor, outdir: str | Path, *, per_generator: int = 3, generators: Sequence[GeneratorSettings] | None = None
+    attributor, outdir: str | Path, *, per_generator: int = 3, generators: Sequence[GeneratorSettings] | None = None,
+    with_parameters: bool = False,
 ) -> Path:
-    """Write ``per_generator`` images from each configured generator into ``outdir``; return the manifest path."""
+    """Write ``per_generator`` images from each configured generator into ``outdir``; return the manifest path.
+    ``with_parameters`` writes the generation settings into each PNG (A1111 ``parameters``)."""
     from ..attribution.engine import read_prompt_file
 
     outdir = Path(outdir)
@@ -33,11 +41,13 @@ def write_samples(
     for gi, g in enumerate(generators or attributor.config.generators):
         chosen = [prompts[(gi * per_generator + k) % len(prompts)] for k in range(per_generator)]
         seeds = [SAMPLE_SEED_BASE + gi * 1000 + k for k in range(per_generator)]
-        images = attributor.generator(g.name).generate(chosen, seeds)
+        gen = attributor.generator(g.name)
+        images = gen.generate(chosen, seeds)
         for prompt, seed, image in zip(chosen, seeds, images):
             digest = hashlib.sha256(f"{g.name}|{prompt}|{seed}".encode()).hexdigest()[:12]
             name = f"sample_{digest}.png"
-            image.save(outdir / name)  # PIL writes no text chunks unless asked: no prompt leaks
+            # PIL writes no text chunks unless asked: without parameters, no prompt leaks
+            image.save(outdir / name, pnginfo=_parameters(gen, g, prompt, seed, image) if with_parameters else None)
             rows.append({"file": name, "generator": g.name, "prompt": prompt, "seed": seed})
     rows.sort(key=lambda r: r["file"])
     manifest = outdir / "manifest.csv"
@@ -46,6 +56,21 @@ def write_samples(
         writer.writeheader()
         writer.writerows(rows)
     return manifest
+
+
+def _parameters(gen, settings: GeneratorSettings, prompt: str, seed: int, image) -> PngImagePlugin.PngInfo:
+    """A1111's ``parameters`` text for one sample: prompt line, then the settings line."""
+    from ..provenance.names import weight_hashes
+    from ..provenance.samplers import a1111_name
+
+    fields = [("Steps", gen.steps), ("Sampler", a1111_name(gen.pipeline.scheduler) or "unknown"),
+              ("CFG scale", f"{gen.guidance:g}"), ("Seed", seed), ("Size", f"{image.width}x{image.height}")]
+    if settings.weights_file:
+        fields.append(("Model hash", weight_hashes(settings.weights_file)[0]))
+    fields.append(("Model", settings.name))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", prompt + "\n" + ", ".join(f"{k}: {v}" for k, v in fields))
+    return info
 
 
 def read_manifest(path: str | Path) -> dict[str, str]:

@@ -28,8 +28,8 @@ Normalisation rules (all documented because they change pixels, and therefore em
 
 ``metadata`` collects the text a file carries: PNG ``tEXt``/``iTXt``/``zTXt`` chunks under their own keys
 (A1111's ``parameters``, ComfyUI's ``prompt`` and ``workflow``...), a JPEG/GIF ``comment``, and from EXIF
-``exif:UserComment`` (the 8-byte charset header decoded: ``ASCII``, ``UNICODE`` (UTF-16), ``JIS``, undefined)
-and ``exif:ImageDescription``.
+``exif:UserComment`` (the 8-byte charset header decoded: ``ASCII``, ``UNICODE`` (UTF-16), ``JIS``, undefined),
+``exif:ImageDescription`` and ``exif:Software``. ``data`` keeps the file's bytes for the provenance readers.
 
 Example::
 
@@ -65,6 +65,7 @@ IMAGE_EXTENSIONS = frozenset(
 _EXIF_IFD = 0x8769
 _TAG_USER_COMMENT = 0x9286
 _TAG_IMAGE_DESCRIPTION = 0x010E
+_TAG_SOFTWARE = 0x0131
 _TAG_XP_COMMENT = 0x9C9C
 
 
@@ -78,12 +79,16 @@ class DecodedImage:
         metadata: text carried by the file (see the module docstring for the keys).
         pixel_sha256: hex SHA-256 of ``b"{width}x{height}:"`` followed by the RGB bytes; identical pixels give
             an identical hash whatever the container format or metadata.
+        data: the encoded file as read (None for in-memory images): provenance readers verify C2PA hashes on it.
+        format: Pillow's name of the container format (``PNG``, ``JPEG``, ``WEBP``...), None for in-memory images.
     """
 
     path: str | None
     image: Image.Image
     metadata: dict[str, str] = field(default_factory=dict)
     pixel_sha256: str = ""
+    data: bytes | None = field(default=None, repr=False)
+    format: str | None = None
 
     @property
     def label(self) -> str:
@@ -143,6 +148,7 @@ def decode_image(
             # Our own guard below decides; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
+            container = im.format
             _check_size(im.size, max_pixels, label)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
@@ -163,7 +169,8 @@ def decode_image(
     except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, zlib errors, codec errors...
         raise CorruptImage(f"{label}: cannot decode image: {_describe(exc)}") from exc
 
-    return DecodedImage(path=path, image=rgb, metadata=metadata, pixel_sha256=_pixel_hash(rgb))
+    return DecodedImage(path=path, image=rgb, metadata=metadata, pixel_sha256=_pixel_hash(rgb), data=data,
+                        format=container)
 
 
 def iter_image_paths(inputs: Sequence[str | os.PathLike]) -> Iterator[Path]:
@@ -320,6 +327,9 @@ def _collect_metadata(im: Image.Image) -> dict[str, str]:
         desc_s = _as_text(desc) if desc is not None else None
         if desc_s and desc_s.strip("\x00 \t\r\n"):
             meta["exif:ImageDescription"] = desc_s.strip("\x00")
+        software = _as_text(exif.get(_TAG_SOFTWARE)) if exif.get(_TAG_SOFTWARE) is not None else None
+        if software and software.strip("\x00 \t\r\n"):
+            meta["exif:Software"] = software.strip("\x00 ")
         try:
             sub = exif.get_ifd(_EXIF_IFD)
         except Exception:  # noqa: BLE001

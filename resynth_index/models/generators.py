@@ -177,6 +177,30 @@ class Generator:
             raise RuntimeError(f"generator {self.name!r}: pipeline returned {len(images)} images for {len(prompts)}")
         return [image.convert("RGB") if image.mode != "RGB" else image for image in images]
 
+    def generate_with(self, prompt: str, seed: int, *, steps: int, guidance: float, height: int, width: int,
+                      scheduler: Any | None = None, negative_prompt: str | None = None):
+        """One RGB image made with settings other than this generator's (the provenance replay): ``scheduler``
+        (a diffusers scheduler, None: the pipeline's own) is used for this call only. Seeded like
+        :meth:`generate`, so the same settings give the same image."""
+        kwargs: dict[str, Any] = {
+            "prompt": [prompt], "num_inference_steps": int(steps), "guidance_scale": float(guidance),
+            "height": int(height), "width": int(width), "output_type": "pil",
+            "generator": [torch.Generator("cpu").manual_seed(int(seed))], **self._extra_kwargs,
+        }
+        if negative_prompt:
+            kwargs["negative_prompt"] = [negative_prompt]
+        kwargs = {k: v for k, v in kwargs.items() if k in self._call_params or k == "prompt"}
+        with self._lock:
+            original = self.pipeline.scheduler
+            try:
+                if scheduler is not None:
+                    self.pipeline.scheduler = scheduler
+                output = self.pipeline(**kwargs)
+            finally:
+                self.pipeline.scheduler = original
+        image = (output.images if hasattr(output, "images") else output[0])[0]
+        return image.convert("RGB") if image.mode != "RGB" else image
+
     # -- identity
 
     def namespace(self) -> dict:

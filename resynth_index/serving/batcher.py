@@ -30,6 +30,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from ..provenance import DECIDERS, container_fingerprint
 from .errors import Overloaded, ServiceClosed
 from .image_cache import ImageCache, ImageCacheHit, perceptual_hash
 
@@ -144,9 +145,18 @@ class FixedEngine:
         pass
 
 
+def answer_key(d: DecodedImage) -> tuple[str, bool]:
+    """The image-cache key of an image, and whether a perceptual match may answer it. Files whose container
+    carries provenance (a C2PA manifest, XMP, generator claims, stated settings) key on their bytes too and are
+    matched exactly only: the same pixels in another container may deserve another answer."""
+    fingerprint = container_fingerprint(d.metadata, d.data)
+    return (d.pixel_sha256, True) if fingerprint is None else (f"{d.pixel_sha256}:{fingerprint}", False)
+
+
 @dataclass
 class _Job:
     image: DecodedImage
+    key: str  # see answer_key
     name: str
     phash: int | None
     deadline: float | None
@@ -237,9 +247,10 @@ class Batcher(Generic[T]):
         for item, name in zip(images, names):
             t0 = time.perf_counter()
             d = item.image
-            ph = perceptual_hash(d.image) if self.image_cache.perceptual else None
-            hit = self.image_cache.get(d.pixel_sha256, ph)
-            job = _Job(d, name, ph, deadline, cf.Future(),
+            key, perceptual = answer_key(d)
+            ph = perceptual_hash(d.image) if self.image_cache.perceptual and perceptual else None
+            hit = self.image_cache.get(key, ph)
+            job = _Job(d, key, name, ph, deadline, cf.Future(),
                        {"decode": item.decode_seconds, "image_cache": time.perf_counter() - t0})
             futures.append(job.future)
             if hit is not None:
@@ -293,7 +304,7 @@ class Batcher(Generic[T]):
 
     def _run(self, batch: list[_Job]) -> None:
         now_mono, now = time.monotonic(), time.perf_counter()
-        groups: dict[str, list[_Job]] = {}  # pixel hash -> its images in this batch, first one computed
+        groups: dict[str, list[_Job]] = {}  # answer key -> its images in this batch, first one computed
         for job in batch:
             if job.future.cancelled():
                 continue
@@ -301,11 +312,11 @@ class Batcher(Generic[T]):
                 _resolve(job.future, exc=TimeoutError("request timed out while queued"))
                 continue
             job.timings["queue_wait"] = now - job.enqueued
-            hit = self.image_cache.get(job.image.pixel_sha256, job.phash)  # filled by an earlier batch?
+            hit = self.image_cache.get(job.key, job.phash)  # filled by an earlier batch?
             if hit is not None:
                 self._answer_hit(job, hit)
                 continue
-            groups.setdefault(job.image.pixel_sha256, []).append(job)
+            groups.setdefault(job.key, []).append(job)
         if not groups:
             return
         if self.metrics is not None:
@@ -322,7 +333,9 @@ class Batcher(Generic[T]):
         for res, group, settled in zip(results, groups.values(), settlements):
             answer = res.to_dict()
             answer.update(settled.fields)
-            self.image_cache.put(group[0].image.pixel_sha256, group[0].phash,
+            # an answer decided by the pixels' provenance (a watermark, say) is not lent to look-alikes
+            phash = None if answer.get("decided_by") in DECIDERS else group[0].phash
+            self.image_cache.put(group[0].key, phash,
                                  json.dumps(answer, ensure_ascii=False, separators=(",", ":")),
                                  snapshot=snapshot, provisional=settled.provisional)
             if self.metrics is not None:
