@@ -50,24 +50,36 @@ def restrict_generators(config: Config, names: Sequence[str]) -> Config:
     return dataclasses.replace(config, generators=tuple(g for g in config.generators if g.name in names))
 
 
+def _paper_features(config: Config) -> dict:
+    # The papers compare final-layer features of one network, with no fingerprint, no prototypes and no
+    # calibrated "unknown" (an argmax always names a generator).
+    return {
+        "embedder": dataclasses.replace(config.embedder, layer=0, fingerprint="none"),
+        "scoring": dataclasses.replace(config.scoring, prototype_weight=0.0, open_set=False),
+    }
+
+
 def regeneration_config(config: Config, gamma: int = 4) -> Config:
     """Regeneration (Li et al.): γ regenerations, the embedder's final layer, cosine, mean over candidates,
     restricted to the inverted prompt's candidates."""
+    paper = _paper_features(config)
     return dataclasses.replace(
         config,
         resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma),
-        embedder=dataclasses.replace(config.embedder, layer=0),
-        scoring=dataclasses.replace(config.scoring, mode="restricted", aggregate="mean", distance="cosine"),
+        embedder=paper["embedder"],
+        scoring=dataclasses.replace(paper["scoring"], mode="restricted", aggregate="mean", distance="cosine"),
     )
 
 
 def resynthesis_config(config: Config) -> Config:
-    """Resynthesis (Bongini et al.): one resynthesis, euclidean distance, argmin (= max of the negative
-    distance), restricted to the inverted prompt's candidates."""
+    """Resynthesis (Bongini et al.): one resynthesis, the embedder's final layer, euclidean distance, argmin
+    (= max of the negative distance), restricted to the inverted prompt's candidates."""
+    paper = _paper_features(config)
     return dataclasses.replace(
         config,
         resynthesis=dataclasses.replace(config.resynthesis, gamma=1),
-        scoring=dataclasses.replace(config.scoring, mode="restricted", aggregate="max", distance="euclidean"),
+        embedder=paper["embedder"],
+        scoring=dataclasses.replace(paper["scoring"], mode="restricted", aggregate="max", distance="euclidean"),
     )
 
 

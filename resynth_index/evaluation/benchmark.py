@@ -56,7 +56,7 @@ from .baselines import (
     with_gamma,
 )
 from .metrics import condition_metrics, generator_ranking_metrics, pct, retrieval_metrics, with_costs
-from .hard import build_hard_benchmark, hard_metrics, read_query_flags
+from .hard import HELD_OUT, build_hard_benchmark, hard_config, hard_metrics, read_query_flags
 from .samples import build_benchmark, read_benchmark
 from .transforms import Transform, parse_transforms
 
@@ -304,23 +304,24 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     if opts.suite not in ("hard", "zoo"):
         raise ConfigError(f"unknown benchmark suite {opts.suite!r}; choose hard or zoo")
-    hard = None
-    if not opts.benchmark and opts.suite == "hard":
+    transforms = parse_transforms(opts.transforms) if isinstance(opts.transforms, str) or opts.transforms is None else list(opts.transforms)
+    baselines = canonical_baselines(opts.baselines)
+    hard_dir = out_dir / "hard-benchmark" if not opts.benchmark and opts.suite == "hard" else None
+    if hard_dir is not None:
         # The hard benchmark brings its own generators; every other setting is the config's, so variants compare.
-        hard = build_hard_benchmark(out_dir / "hard-benchmark", per_generator=opts.per_generator,
-                                    progress=opts.progress)
-        config = dataclasses.replace(config, generators=load_config(hard.config).generators)
+        config = dataclasses.replace(config, generators=load_config(hard_config(hard_dir)).generators)
         if opts.held_out == "auto":
-            opts = dataclasses.replace(opts, held_out=list(hard.held_out))
+            opts = dataclasses.replace(opts, held_out=list(HELD_OUT))
+    gammas = sorted({int(g) for g in opts.gammas} | {config.resynthesis.gamma})
+    held_out = resolve_held_out(config, opts.held_out)  # every option is checked before anything is built
+    hard = None
+    if hard_dir is not None:
+        hard = build_hard_benchmark(hard_dir, per_generator=opts.per_generator, progress=opts.progress)
     if index_dir is None:
         index_dir = out_dir / "index"
         if index_dir.exists():  # ours: a fresh index each run, so that timings and hit rates are comparable
             shutil.rmtree(index_dir)
     index_dir = Path(index_dir)
-    transforms = parse_transforms(opts.transforms) if isinstance(opts.transforms, str) or opts.transforms is None else list(opts.transforms)
-    baselines = canonical_baselines(opts.baselines)
-    gammas = sorted({int(g) for g in opts.gammas} | {config.resynthesis.gamma})
-    held_out = resolve_held_out(config, opts.held_out)
     labels = [g.name for g in config.generators if g.name not in held_out]
     known_config = restrict_generators(config, labels)
 

@@ -198,7 +198,9 @@ def _parameters_text(prompt: str, call: dict[str, Any]) -> str:
     return f"{prompt}\nSteps: {call['steps']}, CFG scale: {call['guidance']}, Size: {_SIZE}x{_SIZE}"
 
 
-def _config_mapping(directory: Path) -> dict[str, Any]:
+def hard_config(directory: str | Path) -> dict[str, Any]:
+    """The config mapping of a hard benchmark built (or to be built) in ``directory``: its generators by directory."""
+    directory = Path(directory).resolve()
     return {"generators": [
         {"name": g.name, "source": str(directory / "generators" / g.name), "height": _SIZE, "width": _SIZE,
          **_CONFIGURED[g.name]}
@@ -234,7 +236,7 @@ def build_hard_benchmark(directory: str | Path, *, per_generator: int = 8, progr
     stamp = {"version": HARD_VERSION, "per_generator": per_generator, "fine_tune_steps": list(fine_tune_steps),
              "train_images": train_images}
     marker = directory / "hard.json"
-    config = _config_mapping(directory.resolve())
+    config = hard_config(directory)
     manifest = directory / "queries" / "manifest.csv"
     if marker.is_file() and json.loads(marker.read_text()) == stamp and manifest.is_file():
         log(f"reusing {directory}")

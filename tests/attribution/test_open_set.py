@@ -28,9 +28,10 @@ def index(tmp_path_factory):
 
 
 def test_calibration_holds_its_false_positive_rate_on_the_cache(index):
-    with Attributor(CONFIG, index=index, device="cpu", readonly=True) as engine:
+    idx, _ = index
+    with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
         cal = engine.open_set_calibration()
-        rows = candidate_scores(engine.cache, engine.namespaces, engine.config.scoring)
+        rows = candidate_scores(engine.cache, engine.namespaces, engine.config.scoring, engine.prototypes())
     assert cal.threshold is not None and cal.samples == len(rows) == 2 * MIN_SAMPLES
     assert cal.fpr <= cal.target_fpr == 0.05
     assert 0.0 <= cal.tpr <= 1.0 and set(cal.typical) == {"tiny-sd", "tiny-sdxl"}
@@ -42,8 +43,8 @@ def test_calibration_holds_its_false_positive_rate_on_the_cache(index):
 
 
 def test_results_say_what_decided_and_the_margin(index):
-    _, samples = index
-    with Attributor(CONFIG, index=index, device="cpu", readonly=True) as engine:
+    idx, samples = index
+    with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
         results = engine.attribute([samples], resynthesize=False)
     for r in results:
         assert r.decided_by in ("resynthesis", "open_set")
@@ -55,13 +56,13 @@ def test_results_say_what_decided_and_the_margin(index):
 
 
 def test_explicit_threshold_wins_and_open_set_can_be_turned_off(index):
-    _, samples = index
+    idx, samples = index
     strict = {**CONFIG, "scoring": {"unknown_threshold": 2.0}}  # cosines never reach 2
-    with Attributor(strict, index=index, device="cpu", readonly=True) as engine:
+    with Attributor(strict, index=idx, device="cpu", readonly=True) as engine:
         results = engine.attribute([samples], resynthesize=False)
     assert all(r.prediction == "unknown" and r.decided_by == "open_set" and r.open_set is None for r in results)
     off = {**CONFIG, "scoring": {"open_set": False}}
-    with Attributor(off, index=index, device="cpu", readonly=True) as engine:
+    with Attributor(off, index=idx, device="cpu", readonly=True) as engine:
         results = engine.attribute([samples], resynthesize=False)
         assert engine.open_set_calibration() is None
     assert all(r.prediction != "unknown" and r.decided_by == "resynthesis" for r in results)

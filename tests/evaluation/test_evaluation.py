@@ -144,7 +144,7 @@ def tiny_eval(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     (root / "tiny.toml").write_text(TINY_CONFIG)
     out = root / "report"
-    run = rindex("eval", "--config", str(root / "tiny.toml"), "--out", str(out), "--per-generator", "2",
+    run = rindex("eval", "--suite", "zoo", "--config", str(root / "tiny.toml"), "--out", str(out), "--per-generator", "2",
                  "--transforms", "jpeg:quality=50,greyscale", "--gammas", "1,2", "--build-limit", "2",
                  "--shots", "1,2", "--device", "cpu", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -224,6 +224,7 @@ def test_eval_usage_errors_exit_2(tmp_path):
     assert bad.returncode == 2 and "unknown transform 'nope'" in bad.stderr
     bad = rindex("eval", "--out", str(tmp_path / "o"), "--held-out", "no-such-generator")
     assert bad.returncode == 2 and "no-such-generator" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "o" / "hard-benchmark").exists()  # options are checked before anything is built
     # the old baseline names stay accepted: only the unknown one is named
     bad = rindex("eval", "--out", str(tmp_path / "o"), "--baselines", "seed002,seed000,fewshot,bogus")
     assert bad.returncode == 2 and "unknown baseline(s) bogus;" in bad.stderr and "Traceback" not in bad.stderr
