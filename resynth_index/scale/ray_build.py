@@ -81,6 +81,8 @@ class RayBuildReport:
     staged: int = 0  # (prompt, generator) pairs found already staged by an earlier run, not computed again
     images: int = 0
     seconds: float = 0.0
+    worker_seconds: float = 0.0  # summed over units: generating, embedding and writing, inside the workers
+    load_seconds: float = 0.0  # summed over workers: loading generators (a worker holds one at a time)
     workers: int = 0
     staging: str = ""
     build: str = ""
@@ -122,11 +124,16 @@ class CandidateWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         from ..attribution.resynthesis import generate_candidates
 
-        out: dict[str, list] = {"generator": [], "batch": [], "prompts": [], "images": [], "seconds": [], "writer": []}
+        out: dict[str, list] = {"generator": [], "batch": [], "prompts": [], "images": [], "seconds": [],
+                                "load_seconds": [], "writer": []}
         for g, b, prompts_json in zip(batch["generator"], batch["batch"], batch["prompts"]):
             g, b, prompts = str(g), int(b), json.loads(str(prompts_json))
             t0 = time.perf_counter()
+            load = 0.0
             if not (self.staging / shard_name(self.build, b, g)).exists():  # a retried task redoes only the rest
+                self._generator(g)  # loading is timed apart from computing
+                load = time.perf_counter() - t0
+                t0 += load
                 seeds, vectors = generate_candidates(g, prompts, settings=self.config.resynthesis,
                                                      generator=self._generator, embedder=self.models.get_embedder())
                 write_shard(self.staging, generator=g, namespace=self.namespaces[g],
@@ -134,7 +141,8 @@ class CandidateWorker:
                             seeds=seeds, vectors=vectors)
             images = len(prompts) * self.config.resynthesis.gamma
             for key, value in (("generator", g), ("batch", b), ("prompts", len(prompts)), ("images", images),
-                               ("seconds", time.perf_counter() - t0), ("writer", f"{os.uname().nodename}:{os.getpid()}")):
+                               ("seconds", time.perf_counter() - t0), ("load_seconds", load),
+                               ("writer", f"{os.uname().nodename}:{os.getpid()}")):
                 out[key].append(value)
         return out
 
@@ -279,6 +287,8 @@ def _run_units(ray, engine, units, namespaces, staging, report, workers, gpus_pe
             images += int(row["images"])
             pairs += int(row["prompts"])
             report.writers.add(str(row["writer"]))
+            report.worker_seconds += float(row["seconds"])
+            report.load_seconds += float(row["load_seconds"])
             bar.set_postfix_str(f"prompts {pairs / n_gen:.1f}/{total_pairs / n_gen:.1f}")
             bar.update(int(row["images"]))
     return workers, images

@@ -10,16 +10,20 @@ import pytest
 for _mod in ("fastapi", "imagehash", "prometheus_client"):
     pytest.importorskip(_mod)
 
-from click.testing import CliRunner  # noqa: E402
-from PIL import PngImagePlugin  # noqa: E402
+from click.testing import CliRunner
+from PIL import PngImagePlugin
 
-from resynth_index import Attributor  # noqa: E402
-from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
-from resynth_index.cli import main  # noqa: E402
-from resynth_index.images.decode import decode_image  # noqa: E402
-from resynth_index.serving.service import AttributionService  # noqa: E402
-from resynth_index.serving.snapshots import complete_snapshots, newest_snapshot, snapshot_id  # noqa: E402
-from resynth_index.store.export import MANIFEST, read_manifest, verify_files  # noqa: E402
+from resynth_index import Attributor
+from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
+from resynth_index.cli import main
+from resynth_index.images.decode import decode_image
+from resynth_index.serving.service import AttributionService
+from resynth_index.serving.snapshots import (
+    complete_snapshots,
+    newest_snapshot,
+    snapshot_id,
+)
+from resynth_index.store.export import MANIFEST, read_manifest, verify_files
 
 PROMPTS = read_prompt_file(PACKAGED_PROMPTS)
 BUILT, LATER = PROMPTS[:3], PROMPTS[3]
@@ -109,7 +113,7 @@ def test_export_is_compact_consistent_and_checksummed(world):
 
 
 def test_replica_answers_as_the_source_and_swaps_to_the_newest_snapshot(world):
-    root, index, snapshots, images = world
+    _, index, snapshots, images = world
     if not complete_snapshots(snapshots):
         _export(index, snapshots)
     first = newest_snapshot(snapshots)
