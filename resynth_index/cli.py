@@ -152,7 +152,7 @@ def _ray_build(index, config, device, prompts, limit, address, staging, workers,
             report = ray_build(engine, prompts, address=address, staging=staging, workers=workers,
                                gpus_per_worker=gpus_per_worker, limit=limit, ingest=not no_ingest, progress=progress,
                                echo=lambda m: click.echo(m, err=True))
-    except RindexError as exc:
+    except (RindexError, ConnectionError) as exc:  # ConnectionError: no Ray cluster at ADDRESS
         _fail(exc)
     click.echo(f"skipped {report.skipped} of {report.requested} prompt(s) already cached; "
                f"{report.staged} (prompt, generator) pair(s) were already staged", err=True)
