@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import RindexError
 from ..store.export import MANIFEST, export_cache, read_manifest, write_manifest
 from .protocol import ServingEngine
 
@@ -118,7 +119,7 @@ def complete_snapshots(directory: str | os.PathLike) -> list[Path]:
             continue
         try:
             read_manifest(child)
-        except Exception:  # noqa: BLE001 - an unreadable manifest is an incomplete snapshot
+        except RindexError:  # an unreadable manifest: an incomplete snapshot
             continue
         out.append(child)
     return out
