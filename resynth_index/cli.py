@@ -106,13 +106,30 @@ def main() -> None:
 @click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompt list, one per line (default: the config's, else the packaged list of 120).")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Use only the first N prompts.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Build on Ray (the scale extra): alone, a local Ray instance (or $RAY_ADDRESS); ADDRESS 'auto' "
+                   "joins the running cluster, ray://HOST:10001 a remote one. README: Scale-out.")
+@click.option("--staging", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--ray: shard directory every node reaches (default INDEX/staging).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--ray: worker actors (default: one per CPU of the cluster, or per GPU with a CUDA device).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="--ray: GPUs per worker (default 1 with a CUDA device, else 0).")
+@click.option("--no-ingest", is_flag=True, help="--ray: leave the shards for `rindex ingest` (the writer runs elsewhere).")
 @_progress_option
 @_threads_option
-def build(index, config, device, prompts, limit, progress, threads):
+def build(index, config, device, prompts, limit, ray_address, staging, workers, gpus_per_worker, no_ingest,
+          progress, threads):
     """Precompute candidate embeddings for a prompt list (resumable: cached prompts are skipped)."""
     config = _configured(config, threads)
     from .attribution.engine import read_prompt_file
 
+    if ray_address is not None:
+        _ray_build(index, config, device, read_prompt_file(prompts) if prompts else None, limit, ray_address or None,
+                   staging, workers, gpus_per_worker, no_ingest, _show_progress(progress))
+        return
+    if staging or workers or gpus_per_worker is not None or no_ingest:
+        raise click.UsageError("--staging, --workers, --gpus-per-worker and --no-ingest go with --ray")
     try:
         with _engine(config, index, device) as engine:
             report = engine.build(read_prompt_file(prompts) if prompts else None, limit=limit,
@@ -124,6 +141,106 @@ def build(index, config, device, prompts, limit, progress, threads):
             )
     except RindexError as exc:
         _fail(exc)
+
+
+def _ray_build(index, config, device, prompts, limit, address, staging, workers, gpus_per_worker, no_ingest, progress):
+    from .scale.ray_build import import_ray, ray_build
+
+    try:
+        import_ray()  # before any model loads: say how to install it
+        with _engine(config, index, device, readonly=no_ingest) as engine:
+            report = ray_build(engine, prompts, address=address, staging=staging, workers=workers,
+                               gpus_per_worker=gpus_per_worker, limit=limit, ingest=not no_ingest, progress=progress,
+                               echo=lambda m: click.echo(m, err=True))
+    except (RindexError, ConnectionError) as exc:  # ConnectionError: no Ray cluster at ADDRESS
+        _fail(exc)
+    click.echo(f"skipped {report.skipped} of {report.requested} prompt(s) already cached; "
+               f"{report.staged} (prompt, generator) pair(s) were already staged", err=True)
+    if report.ingest is not None:
+        _report_ingest(report.ingest, engine.index_dir)
+    else:
+        click.echo(f"shards left in {report.staging}: rindex ingest {report.staging} --index INDEX", err=True)
+
+
+def _report_ingest(report, index_dir) -> None:
+    for line in report.refused:
+        click.echo(f"rindex: refused shard {line}", err=True)
+    click.echo(f"ingested {report.shards} shard(s): {report.added} (prompt, generator) candidate set(s) added, "
+               f"{report.present} already present, {len(report.refused)} shard(s) refused in {report.seconds:.1f}s "
+               f"-> {index_dir}", err=True)
+    if report.refused:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("staging", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@_index_option
+@_config_option
+@_device_option
+@_progress_option
+@_threads_option
+def ingest(staging, index, config, device, progress, threads):
+    """Commit the candidate shards in STAGING (from `rindex build --ray --no-ingest`) into the index.
+
+    Idempotent and resumable; a shard whose namespace is not this configuration's (another embedder, generator
+    settings, seeds or γ) is refused and named, the others are committed (exit 1 when any was refused).
+    """
+    config = _configured(config, threads)
+    from .scale.ingest import ingest_staging
+
+    try:
+        with _engine(config, index, device) as engine:
+            report = ingest_staging(engine, staging, progress=_show_progress(progress))
+    except RindexError as exc:
+        _fail(exc)
+    _report_ingest(report, engine.index_dir)
+
+
+@main.group()
+def snapshot() -> None:
+    """Read-only copies of an index for serving replicas (README: Scale-out)."""
+
+
+@snapshot.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@_index_option
+@_config_option
+@click.option("--keep", type=click.IntRange(min=1), default=None, help="Keep only the newest N snapshots in DIRECTORY.")
+@_threads_option
+def snapshot_export(directory, index, config, keep, threads):
+    """Write a consistent, compact snapshot of the index into the snapshot set DIRECTORY (`rindex serve --index
+    DIRECTORY` serves the newest complete one and swaps to newer ones); prints its path."""
+    config = _configured(config, threads)
+    from .serving.snapshots import export_snapshot
+    from .store.export import read_manifest
+
+    try:
+        with _engine(config, index, "cpu", readonly=True) as engine:
+            path = export_snapshot(engine, directory, keep=keep)
+        manifest = read_manifest(path)
+    except (RindexError, OSError) as exc:
+        _fail(exc)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    click.echo(f"snapshot {manifest['snapshot_id']}: {len(manifest['files'])} file(s), {size / 1e6:.1f} MB", err=True)
+    click.echo(str(path))
+
+
+@snapshot.command("verify")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def snapshot_verify(directory):
+    """Check an exported snapshot's files against its manifest (exit 1 when any differs)."""
+    from .store.export import read_manifest, verify_files
+
+    try:
+        problems = verify_files(directory)
+        manifest = read_manifest(directory)
+    except RindexError as exc:
+        _fail(exc)
+    for line in problems:
+        click.echo(f"rindex: {directory}: {line}", err=True)
+    click.echo(f"snapshot {manifest['snapshot_id']}: {len(manifest['files'])} file(s), "
+               f"{'intact' if not problems else f'{len(problems)} problem(s)'}", err=True)
+    sys.exit(1 if problems else 0)
 
 
 def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:

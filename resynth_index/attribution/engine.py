@@ -318,12 +318,13 @@ class Attributor:
         when their configs are identical, so that engines over different indexes load each model once."""
         self.models.adopt(other.models)
 
-    def reopen(self) -> "Attributor":
-        """A new engine on the same index, config and access mode that shares this one's loaded models
-        (inverter, embedder, generators, prompt embedder) but opens its own cache: a fresh snapshot of the
-        index for the serving layer's hot swap. Close each engine independently (closing one never closes
-        the other's cache; the models are shared)."""
-        other = Attributor(self.config, index=self.index_dir, device=self.device, readonly=self.readonly)
+    def reopen(self, index: str | os.PathLike | None = None) -> "Attributor":
+        """A new engine on the same index (or on ``index``: an exported snapshot of it), config and access mode
+        that shares this one's loaded models (inverter, embedder, generators, prompt embedder) but opens its own
+        cache: a fresh snapshot of the index for the serving layer's hot swap. Close each engine independently
+        (closing one never closes the other's cache; the models are shared)."""
+        other = Attributor(self.config, index=self.index_dir if index is None else index, device=self.device,
+                           readonly=self.readonly)
         other.models = self.models
         other.resynthesis_seconds_per_prompt = self.resynthesis_seconds_per_prompt
         return other

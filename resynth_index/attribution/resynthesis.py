@@ -71,6 +71,24 @@ def cache_namespaces(config: Config, device: torch.device, embedder_id: str) -> 
     }
 
 
+def generate_candidates(
+    name: str,
+    prompts: Sequence[str],
+    *,
+    settings: ResynthesisConfig,
+    generator: Callable[[str], Generator],
+    embedder: Embedder,
+) -> tuple[list[list[int]], np.ndarray]:
+    """The γ candidate seeds of each prompt and their embeddings ``(len(prompts), γ, dim)`` with generator
+    ``name``: the one path every build takes (local, write-through and the workers of a distributed build), so
+    that the same prompts in the same batch give the same vectors bit for bit wherever they are computed."""
+    seeds = [candidate_seeds(normalize_prompt(p), settings.gamma, settings.seed_base) for p in prompts]
+    pairs = [(p, s) for p, ss in zip(prompts, seeds) for s in ss]
+    imgs = generator(name).generate([p for p, _ in pairs], [s for _, s in pairs])
+    emb = embedder.embed(imgs)
+    return seeds, emb.reshape(len(prompts), settings.gamma, -1)
+
+
 def resynthesize_missing(
     prompts: Sequence[str],
     *,
@@ -82,21 +100,17 @@ def resynthesize_missing(
 ) -> int:
     """Generate, embed and commit (in one batch) the candidates ``prompts`` lack, per generator of
     ``namespaces``; returns the number of images generated. ``generator(name)`` loads a generator on demand."""
-    seeds = {p: candidate_seeds(normalize_prompt(p), settings.gamma, settings.seed_base) for p in prompts}
     missing = {p: [g for g, ns in namespaces.items() if not cache.contains(p, {g: ns})] for p in prompts}
-    vectors: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    entries: dict[str, dict[str, tuple[str, list[int], np.ndarray]]] = defaultdict(dict)
     images = 0
     for name in namespaces:
         wanted = [p for p, gens in missing.items() if name in gens]
         if not wanted:
             continue
-        pairs = [(p, s) for p in wanted for s in seeds[p]]
-        imgs = generator(name).generate([p for p, _ in pairs], [s for _, s in pairs])
-        emb = embedder.embed(imgs)
-        images += len(imgs)
-        for j, p in enumerate(wanted):
-            vectors[p][name] = emb[j * settings.gamma : (j + 1) * settings.gamma]
-    entries = [(p, {g: (namespaces[g], seeds[p], v) for g, v in per_gen.items()}) for p, per_gen in vectors.items()]
+        seeds, vectors = generate_candidates(name, wanted, settings=settings, generator=generator, embedder=embedder)
+        images += vectors.shape[0] * vectors.shape[1]
+        for p, s, v in zip(wanted, seeds, vectors):
+            entries[p][name] = (namespaces[name], s, v)
     if entries:
-        cache.put_many(entries)
+        cache.put_many(list(entries.items()))
     return images

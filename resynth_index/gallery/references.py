@@ -134,6 +134,15 @@ class Gallery:
             self._env.close()
             self._env = self._dbs = None
 
+    def copy_to(self, directory: str | os.PathLike) -> bool:
+        """A compacting copy of the gallery's LMDB environment into ``directory``; False when there is none."""
+        from ..store.export import copy_environment
+
+        if self._env is None:
+            return False
+        copy_environment(self._env, directory)
+        return True
+
     def __enter__(self) -> "Gallery":
         return self
 

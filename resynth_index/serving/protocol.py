@@ -8,6 +8,7 @@ a remote engine).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -92,8 +93,9 @@ class ServingEngine(Protocol):
 
     def build(self, prompts: Sequence[str], *, progress: bool = True) -> BuildSummary: ...
 
-    def reopen(self) -> ServingEngine:
-        """A new engine on a fresh snapshot of the same index, sharing this one's loaded models."""
+    def reopen(self, index: str | os.PathLike | None = None) -> ServingEngine:
+        """A new engine on a fresh snapshot of the same index (or on ``index``, an exported snapshot of it),
+        sharing this one's loaded models."""
         ...
 
     def info(self) -> dict[str, Any]: ...

@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ..config import Config, ServeConfig, load_config
@@ -48,7 +49,7 @@ from .errors import ServiceClosed, classify_image_error
 from .image_cache import MAX_PHASH_DISTANCE, ImageCache
 from .metrics import ServiceMetrics
 from .protocol import ServedResult, ServingEngine
-from .snapshots import Snapshot, snapshot_id, warm
+from .snapshots import Snapshot, newest_snapshot, snapshot_id, snapshot_set, warm
 
 log = logging.getLogger("resynth_index.serving.service")
 
@@ -88,6 +89,7 @@ class AttributionService:
         self._snap_lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self._snapshot: Snapshot | None = None
+        self._set: Path | None = None  # a directory of exported snapshots being served
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._queued_prompts: set[str] = set()
@@ -102,7 +104,13 @@ class AttributionService:
 
         if self.started_at is not None:
             return self
-        engine: ServingEngine = Attributor(self.config, index=self.index, device=self.device,
+        index = self.index
+        self._set = snapshot_set(index) if index is not None else None
+        if self._set is not None:  # a directory of exported snapshots: serve the newest, swap to newer ones
+            if self.inline:
+                raise ConfigError(f"{index} holds exported (read-only) snapshots: serve it with miss_policy 'queue'")
+            index = newest_snapshot(self._set)
+        engine: ServingEngine = Attributor(self.config, index=index, device=self.device,
                                            readonly=not self.inline)
         try:
             warm(engine)
@@ -111,7 +119,7 @@ class AttributionService:
             engine.close()
             raise
         self._snapshot = Snapshot(engine, sid)
-        self.build_queue = BuildQueue(engine.index_dir)
+        self.build_queue = BuildQueue(self._set or engine.index_dir)  # a set's queue outlives its swaps
         self.metrics.snapshot.set(sid)
         self.metrics.build_queue.set_function(self._build_queue_depth)
         self.metrics.queue_depth.set_function(lambda: self.batcher.pending)
@@ -160,19 +168,26 @@ class AttributionService:
             return self._snapshot.acquire()
 
     def refresh(self) -> int:
-        """Swap to a newer index snapshot if the builder committed more; returns the served snapshot id."""
+        """Swap to a newer index snapshot if the builder committed more (or, serving a set of exported snapshots,
+        when a newer complete one appeared); returns the served snapshot id."""
         with self._swap_lock:
             current = self._acquire()
             try:
-                latest = snapshot_id(current.engine)
-                if latest <= current.id:
-                    return current.id
-                if self.inline:  # the writer: its engine is always current
-                    current.id = latest
-                    self.metrics.snapshot.set(latest)
-                    return latest
+                if self._set is not None:
+                    newest = newest_snapshot(self._set)
+                    if newest is None or newest == Path(current.engine.index_dir):
+                        return current.id
+                else:
+                    newest = None
+                    latest = snapshot_id(current.engine)
+                    if latest <= current.id:
+                        return current.id
+                    if self.inline:  # the writer: its engine is always current
+                        current.id = latest
+                        self.metrics.snapshot.set(latest)
+                        return latest
                 t0 = time.perf_counter()
-                engine = current.engine.reopen()
+                engine = current.engine.reopen(index=newest)
             finally:
                 current.release()
             try:

@@ -276,6 +276,16 @@ class CandidateCache:
         self._check_usable()
         self._indexes.flush()
 
+    # -- export ------------------------------------------------------------------------------------------
+    def copy_to(self, directory: str | os.PathLike) -> None:
+        """A compacting copy of the LMDB environment into ``directory`` as of one read transaction (the FAISS
+        indexes are derived: :func:`~resynth_index.store.export.export_cache` brings them level with it)."""
+        from .export import copy_environment
+
+        self._check_usable()
+        with self._env.read() as txn:
+            copy_environment(self._env, directory, txn=txn)
+
     # -- introspection -----------------------------------------------------------------------------
     def namespaces(self) -> dict[str, dict]:
         """namespace -> {dim, generators, records, vectors, last_record_id}."""
