@@ -51,6 +51,7 @@ Example (every key, with its default unless marked)::
     open_set = true                 # "unknown" below the threshold calibrated on the cache itself
                                     # (leave-one-generator-out over cached candidates; README "Open set")
     target_fpr = 0.05               # rate of unknown-generator images that calibration lets through
+    min_tpr = 0.9                   # ... but never rejecting more than 1 - min_tpr of indexed generators' own images
     prototype_weight = 0.5          # weight of the generator prototypes (whitened class means of all cached
                                     # candidates; README "How it works"); 0 = off, 1 = prototypes alone
 
@@ -192,6 +193,7 @@ class ScoringConfig:
     unknown_margin: float = 0.0
     open_set: bool = True
     target_fpr: float = 0.05
+    min_tpr: float = 0.9
     prototype_weight: float = 0.5
 
 
@@ -443,7 +445,7 @@ _POSITIVE = {
 MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "threads": (0, MAX_THREADS), "scoring.prototype_weight": (0, 1),
-           "scoring.target_fpr": (0, 1), "embedder.fingerprint_window": (16, 512),
+           "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
            "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 
 

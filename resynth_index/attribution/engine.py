@@ -393,7 +393,7 @@ class Attributor:
         vectors = self._stored_vectors()
         cal = self._open_set
         if cal is None or vectors > cal.vectors * 1.1 or vectors < cal.vectors:
-            cal = self._open_set = calibrate_open_set(self.cache, ns, sc, self.prototypes())
+            cal = self._open_set = calibrate_open_set(self.cache, ns, sc)
         return cal
 
     @property

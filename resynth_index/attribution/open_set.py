@@ -1,8 +1,8 @@
 """Open set without a user threshold: the candidate cache calibrates the ``unknown`` decision itself.
 
 Every cached candidate knows which generator made it, so the cache is a labelled gallery. A sample of each
-generator's candidates is scored like a query (restricted: the other candidates of its prompt; unrestricted:
-the nearest stored candidates, never itself) twice:
+generator's candidates is scored like a query (the nearest stored candidates and the generator prototypes,
+with itself and its prompt's other candidates left out: they share its seed, which no real query does) twice:
 
 * **known**: against every indexed generator, as a query from an indexed generator is;
 * **never indexed**: with its own generator removed, as a query from an unknown generator would be
@@ -32,10 +32,11 @@ from .scoring import evidence_scores
 
 if TYPE_CHECKING:
     from ..store.cache import CandidateCache
-    from .prototypes import Prototypes
 
 #: candidates sampled per generator; enough for a 5% FPR quantile over (generators - 1) x this many cases
 SAMPLES_PER_GENERATOR = 64
+#: extra neighbours fetched per generator, to stand in for the pseudo-query's own prompt's candidates
+MAX_GAMMA_OUT = 8
 #: fewer stored candidates than this for some generator, or fewer than two generators: no calibration
 MIN_SAMPLES = 8
 
@@ -76,46 +77,48 @@ def _threshold_at_fpr(negatives: np.ndarray, fpr: float) -> float:
     return float(np.nextafter(neg[allowed], np.inf))
 
 
-def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
-                     prototypes: Prototypes | None = None, per_generator: int = SAMPLES_PER_GENERATOR,
-                     seed: int = 0) -> list[tuple[str, dict[str, float]]]:
-    """(true generator, per-generator scores) for a sample of each generator's cached candidates, each scored
-    as a query with itself left out of the evidence (its generator's prototype included)."""
+def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig, *,
+                     per_generator: int = SAMPLES_PER_GENERATOR, seed: int = 0) -> list[tuple[str, dict[str, float]]]:
+    """(true generator, per-generator scores) for up to ``per_generator`` of each generator's cached candidates,
+    each scored as a query that the cache has never seen.
+
+    The prototypes are cross-fitted: the candidates are split in two halves, and each half is scored against
+    prototypes fitted on the other (a whitening fitted on a candidate would flatter it: in a few hundred
+    dimensions the within-generator covariance is estimated from few candidates)."""
+    from .prototypes import MAX_PER_GENERATOR, fit_prototypes
+
+    stored = {g: cache.sample(ns, MAX_PER_GENERATOR, seed) for g, ns in namespaces.items()}
+    use_prototypes = scoring.prototype_weight > 0
     rows: list[tuple[str, dict[str, float]]] = []
     k = scoring.unrestricted_k
-    for g, ns in namespaces.items():
-        sample = cache.sample(ns, per_generator, seed)
-        if not sample:
-            continue
-        vectors = np.stack([c.vector for c in sample])
-        hits = ({h: cache.knn(h, hns, vectors, k + 1) for h, hns in namespaces.items()}
-                if scoring.mode != "restricted" else {})
-        for i, cand in enumerate(sample):
-            lookup = cache.lookup(cand.prompt, namespaces)
-            restricted = {}
-            for h, c in lookup.candidates.items():
-                sims = c.vectors.astype(np.float32) @ cand.vector
-                if c.record_id == cand.record_id:
-                    sims = np.delete(sims, cand.position)
-                if len(sims):
-                    restricted[h] = sims
-            unrestricted = {}
-            for h, rows_h in hits.items():
-                sims = [nb.score for nb in rows_h[i] if (nb.record_id, nb.position) != (cand.record_id, cand.position)]
-                if sims:
-                    unrestricted[h] = np.asarray(sims[:k], np.float32)
-            prototype = None
-            if prototypes is not None:
-                prototype = prototypes.scores(cand.vector, leave_out=(g, prototypes.transform(cand.vector)[0]))
-            scores = evidence_scores(restricted, unrestricted, prototype, scoring)
-            if g in scores and len(scores) > 1:
-                rows.append((g, scores))
+    for fold in (0, 1):
+        prototypes = (fit_prototypes({g: [c.vector for j, c in enumerate(cs) if j % 2 != fold]
+                                      for g, cs in stored.items()}) if use_prototypes else None)
+        for g in namespaces:
+            sample = [c for j, c in enumerate(stored[g]) if j % 2 == fold][: (per_generator + 1) // 2]
+            if not sample:
+                continue
+            vectors = np.stack([c.vector for c in sample])
+            hits = ({h: cache.knn(h, hns, vectors, k + MAX_GAMMA_OUT) for h, hns in namespaces.items()}
+                    if scoring.mode != "restricted" else {})
+            for i, cand in enumerate(sample):
+                # Candidate seeds follow the prompt, so every generator's candidate of this prompt shares its
+                # seed, and a fine-tune's is then a near copy of it. A query never shares a seed with the cache:
+                # leave the prompt's candidates out altogether (restricted evidence included).
+                unrestricted = {}
+                for h, rows_h in hits.items():
+                    sims = [nb.score for nb in rows_h[i] if nb.prompt != cand.prompt]
+                    if sims:
+                        unrestricted[h] = np.asarray(sims[:k], np.float32)
+                prototype = prototypes.scores(cand.vector) if prototypes is not None else None
+                scores = evidence_scores({}, unrestricted, prototype, scoring)
+                if g in scores and len(scores) > 1:
+                    rows.append((g, scores))
     return rows
 
 
-def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
-                       prototypes: Prototypes | None = None, *, per_generator: int = SAMPLES_PER_GENERATOR,
-                       seed: int = 0) -> OpenSetCalibration:
+def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig, *,
+                       per_generator: int = SAMPLES_PER_GENERATOR, seed: int = 0) -> OpenSetCalibration:
     """Leave-one-generator-out calibration of the ``unknown`` threshold over the cached candidates."""
     fpr = scoring.target_fpr
     stats = cache.namespaces()
@@ -125,12 +128,17 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note=f"needs two or more generators with {MIN_SAMPLES}+ cached candidates each "
                                        f"(have {counts}); build more prompts")
-    rows = candidate_scores(cache, namespaces, scoring, prototypes, per_generator, seed)
+    rows = candidate_scores(cache, namespaces, scoring, per_generator=per_generator, seed=seed)
     typical = {g: float(np.median([s[g] for t, s in rows if t == g])) for g in namespaces if any(t == g for t, _ in rows)}
     cal = OpenSetCalibration(fpr, None, None, None, typical, len(rows), vectors)
     known = np.array([cal.relative(s) for _, s in rows])
     never = np.array([cal.relative({h: v for h, v in s.items() if h != t}) for t, s in rows])
     threshold = _threshold_at_fpr(never, fpr)
+    # A generator whose fine-tune sibling is indexed too is, once removed, claimed by that sibling as strongly
+    # as by itself: at the target FPR such pairs would reject nearly every query. Never reject more than
+    # 1 - min_tpr of the indexed generators' own candidates; the FPR then reached is reported.
+    floor = float(np.quantile(known, 1.0 - scoring.min_tpr, method="lower"))
+    threshold = min(threshold, floor)
     return OpenSetCalibration(fpr, threshold, float((known >= threshold).mean()), float((never >= threshold).mean()),
                               typical, len(rows), vectors)
 
