@@ -66,7 +66,7 @@ Example (every key, with its default unless marked)::
     image_cache_size = 100000       # image-level cache entries (LRU)
     phash_distance = 4              # pHash Hamming distance for a perceptual repost match; -1 = exact only
     refresh_interval = 2.0          # seconds between checks for a newer index snapshot; 0 = only on request
-    max_aspect = 20.0               # longest/shortest side above this is refused before decoding (413)
+    max_aspect = 50.0               # longest/shortest side above this is refused before decoding (413)
     max_request_pixels = 100000000  # decoded pixels of all images of one request together (413 above)
     max_queue_bytes = 16777216      # build queue file limit; past it misses are answered but not queued
     client_timeout = 10.0           # seconds a client may take to send a request (idle keep-alive too)
@@ -191,7 +191,7 @@ class ServeConfig:
     image_cache_size: int = 100_000
     phash_distance: int = 4
     refresh_interval: float = 2.0
-    max_aspect: float = 20.0
+    max_aspect: float = 50.0
     max_request_pixels: int = 100_000_000
     max_queue_bytes: int = 16 * 1024 * 1024
     client_timeout: float = 10.0

@@ -57,10 +57,10 @@ from ..errors import CorruptImage, ImageError, ImageTooLarge, ImageUnreadable, N
 MAX_PIXELS_DEFAULT = 40_000_000
 """Default decompression-bomb guard: images with more pixels than this are refused before decoding."""
 
-MAX_ASPECT_DEFAULT = 20.0
+MAX_ASPECT_DEFAULT = 50.0
 """Default longest-to-shortest side ratio above which an image is refused before decoding. Preprocessing scales
-the shorter side to the model's input size, so a 2×200000 strip would become a 224×22,400,000 tensor; 20:1 keeps
-the worst case under the pixel limit at about 224×4,480 while admitting any panorama a camera writes."""
+the shorter side to the model's input size, so a 2×200000 strip would become a 224×22,400,000 tensor; 50:1 keeps
+the worst case at 224×11,200 (2.5 Mpixel) while admitting any panorama or banner a camera or a site writes."""
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 """The Pillow decoders an input may reach (``Image.open(..., formats=...)``): the formats people and
