@@ -94,13 +94,13 @@ _ATTRIBUTE_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {
-                    "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                "schema": {"type": "object", "required": ["image"], "properties": {
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                               "description": "one or more image files (any field name)"}}},
             },
             "application/json": {
-                "schema": {"type": "object", "properties": {
-                    "images": {"type": "array", "items": {"oneOf": [
+                "schema": {"type": "object", "minProperties": 1, "properties": {
+                    "images": {"type": "array", "minItems": 1, "items": {"oneOf": [
                         {"type": "string", "description": "base64 or data: URI"},
                         {"type": "object", "properties": {"data": {"type": "string"}, "name": {"type": "string"}},
                          "required": ["data"]}]}},
