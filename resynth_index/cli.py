@@ -264,8 +264,16 @@ def enroll(name, images, index, config, device, progress, threads):
 
     NAME need not be configured: an enrolled name is a candidate of every query (gallery-only when it has no
     source). The reserved NAME "real" enrols real photos, which calibrate the real/AI gate. An image that
-    cannot be decoded is named and skipped; the others are enrolled (exit 1 then).
+    cannot be decoded is named and skipped; the others are enrolled (exit 1 then). NAME: at most 64
+    characters, no control, format or invisible characters, no whitespace but inner spaces, nothing that looks
+    like "unknown" or "real" (exit 2).
     """
+    from .gallery.names import check_generator_name
+
+    try:
+        check_generator_name(name)  # before any model loads: a refused name costs nothing
+    except _CLEAN_ERRORS as exc:
+        _fail(exc)
     config = _configured(config, threads)
     try:
         with _engine(config, index, device) as engine:

@@ -3,6 +3,8 @@
 ``hostile_cases()`` returns :class:`Case` objects: a file name, its bytes, and what must happen to it:
 ``ok`` (answered, no error), ``error`` (refused with an error naming it) or ``any`` (either, but never a crash).
 Run it as a script to write the cases into a directory: ``python tests/hostile_cases.py DIR``.
+``hostile_names()`` lists generator names for ``rindex enroll`` (refused or accepted), which the HTTP tests also
+send as image names.
 """
 
 from __future__ import annotations
@@ -205,8 +207,37 @@ def _metadata() -> list[Case]:
     return out
 
 
-def hostile_cases(bitflips: int = 110) -> list[Case]:
-    """Every case of the suite (about 300 with the default number of bit-flipped files)."""
+def hostile_names() -> list[tuple[str, str, str]]:
+    """Generator names for ``rindex enroll NAME``: ``(name, expect, why)`` with ``expect`` ``"refused"`` or
+    ``"ok"``. Through HTTP, where no endpoint enrols, the same strings are image names (echoed, never a 5xx)."""
+    refused = {
+        "empty": "", "spaces only": "   ", "leading space": " vendor", "trailing space": "vendor ",
+        "tab": "vendor\tx", "newline": "vendor\nx", "carriage return": "vendor\rx", "NUL": "vendor\x00x",
+        "ANSI escape": "\x1b[31mvendor\x1b[0m", "bell": "vendor\x07", "DEL": "vendor\x7f", "C1 control": "vendor\x85",
+        "no-break space": "vendor\u00a0x", "ideographic space": "vendor\u3000x", "en quad": "vendor\u2000x",
+        "line separator": "vendor\u2028x", "paragraph separator": "vendor\u2029x",
+        "zero-width space": "vendor\u200bx", "zero-width joiner": "vendor\u200dx", "soft hyphen": "ven\u00addor",
+        "right-to-left override": "\u202erodnev", "byte-order mark": "\ufeffvendor", "tag characters": "vendor\U000e0041",
+        "Hangul filler": "vendor\u3164", "variation selector": "vendor\ufe0f", "braille blank": "vendor\u2800",
+        "private use": "vendor\ue000", "lone surrogate": "vendor\udcff", "65 characters": "v" * 65,
+        "10,000 characters": "v" * 10_000, "no letter or digit": "!!!", "only a mark": "\u0301",
+        "unknown": "unknown", "Unknown": "Unknown", "UNKNOWN": "UNKNOWN", "Cyrillic o": "unkn\u043ewn",
+        "Greek omicron": "unkn\u03bfwn", "fullwidth": "\uff55\uff4e\uff4b\uff4e\uff4f\uff57\uff4e",
+        "mathematical bold": "".join(chr(0x1D41A + ord(c) - 97) for c in "unknown"), "digit zero": "unkn0wn",
+        "Cyrillic pe": "u\u043fknown", "vv": "unknovvn", "combining diaeresis": "unkno\u0308wn",
+        "zero-width inside": "unk\u200bnown", "Real": "Real", "REAL": "REAL", "Cyrillic a": "re\u0430l",
+        "Cyrillic ie": "r\u0435al", "digit one": "rea1", "capital I": "reaI", "small capitals": "\u0280\u1d07\u1d00\u029f",
+        "fullwidth real": "\uff52\uff45\uff41\uff4c", "Greek alpha": "re\u03b1l",
+    }
+    ok = {"the reserved real": "real", "plain": "tiny-sd", "inner space": "vendor x", "hub id": "org/model-v1.5",
+          "Japanese": "\u753b\u50cf\u751f\u6210", "accented": "caf\u00e9", "64 characters": "v" * 64,
+          "contains unknown": "unknown-vendor", "contains real": "realistic"}
+    return [(n, "refused", why) for why, n in refused.items()] + [(n, "ok", why) for why, n in ok.items()]
+
+
+def hostile_cases(bitflips: int = 70) -> list[Case]:
+    """Every file case of the suite: 201 with the default 70 bit-flipped files (there were 110; 70 keep the
+    total above 200 and the suite under a minute)."""
     valid = _valid_images()
     cases = valid + _sizes() + _refused_formats() + _not_images() + _truncated(valid) + _bitflips(valid, bitflips)
     cases += _metadata()

@@ -182,7 +182,11 @@ class Attributor:
 
     def enroll(self, name: str, inputs, *, progress: bool = False) -> EnrollReport:
         """Add reference images for generator ``name`` (``"real"``: real photos for the gate's calibration);
-        returns an :class:`~resynth_index.gallery.references.EnrollReport`. See :mod:`resynth_index.gallery.references`."""
+        returns an :class:`~resynth_index.gallery.references.EnrollReport`. See :mod:`resynth_index.gallery.references`;
+        a refused name (:mod:`resynth_index.gallery.names`) raises UsageError before any model loads."""
+        from ..gallery.names import check_generator_name
+
+        check_generator_name(name)
         return self.gallery.enroll(name, inputs, features=self._gallery_features(), progress=progress)
 
     def gallery_view(self) -> GalleryView | None:

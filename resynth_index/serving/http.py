@@ -8,7 +8,7 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
     also be bare base64 strings or ``data:`` URIs). Answers ``{"results": [...], "snapshot": id, "seconds": s}``
     with one JSONL-contract object per image plus ``image_cache`` (``exact``, ``perceptual`` or ``none``),
     ``image_distance``, ``queued`` (the prompt waits for the builder) and ``snapshot``.
-    Errors: 400 bad request (no images, too many, bad JSON or base64), 413 body over ``max_upload_bytes`` or an
+    Errors: 400 bad request (no images, too many, bad JSON or base64, a name that is not valid Unicode), 413 body over ``max_upload_bytes`` or an
     image over ``max_pixels`` (decompression bomb), 415 not an image, 422 a corrupt image, 503 overloaded or
     shutting down, 504 past ``request_timeout``. A request with a bad image is refused whole; ``detail`` names
     each bad image by index.
@@ -232,6 +232,8 @@ def create_app(
                 name = f"<image {n}>"
                 if isinstance(e, dict):
                     name, e = str(e.get("name") or name), e.get("data")
+                    if not name.isascii() and not _is_unicode(name):  # echoed in the answer, which must encode
+                        raise _HTTPError(400, f"image {n}: its name is not valid Unicode text (a lone surrogate)")
                 if not isinstance(e, str):
                     raise _HTTPError(400, f"image {n}: expected a base64 string")
                 if e.startswith("data:") and "," in e:
@@ -346,6 +348,15 @@ def create_app(
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates, which do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _replay(request: Request, body: bytes) -> Request:
