@@ -194,6 +194,63 @@ def test_api_key_protects_everything_but_health(service, monkeypatch):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
 
 
+def test_slow_clients_are_dropped_after_client_timeout(service, monkeypatch):
+    """A real uvicorn server as `rindex serve` runs it, with serve.client_timeout 1 s: a connection that sends
+    nothing, half a request line or half a body is closed within about that (half a body gets a 408 with
+    `Connection: close`), while another client is answered meanwhile. benchmarks/slow_clients.py measures it at
+    scale."""
+    import dataclasses
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from resynth_index.serving.http import (
+        bind_socket,
+        create_app,
+        header_timeout_protocol,
+    )
+
+    monkeypatch.setattr(service, "serve", dataclasses.replace(service.serve, client_timeout=1.0))
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service=service), log_level="warning", timeout_keep_alive=1,
+                                           http=header_timeout_protocol(1.0)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sends = {"silent": b"", "partial headers": b"POST /v1/attribute HTTP/1.1\r\nHost: x\r\n",
+                 "partial body": b"POST /v1/attribute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 1000\r\n\r\n{\"image\": "}
+        t0 = time.monotonic()
+        slow = {}
+        for kind, data in sends.items():
+            slow[kind] = socket.create_connection(("127.0.0.1", port), timeout=5)
+            slow[kind].sendall(data)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as polite:
+            polite.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert polite.recv(100).startswith(b"HTTP/1.1 200")
+        for kind, conn in slow.items():
+            received = b""
+            while chunk := conn.recv(65536):  # b"" once the server closed it; a 5 s timeout raises
+                received += chunk
+            held = time.monotonic() - t0
+            conn.close()
+            assert held < 3.5, (kind, held)
+            if kind == "partial body":
+                assert received.startswith(b"HTTP/1.1 408") and b"connection: close" in received.lower(), received
+            else:
+                assert received == b"", (kind, received)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        monkeypatch.undo()
+
+
 def test_full_build_queue_answers_unqueued_and_health_says_so(client, service, monkeypatch):
     service.build_queue.max_bytes = 10  # nothing fits: the builder "is not keeping up"
     service._queued_prompts.clear()

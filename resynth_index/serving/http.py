@@ -8,9 +8,10 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
     also be bare base64 strings or ``data:`` URIs). Answers ``{"results": [...], "snapshot": id, "seconds": s}``
     with one JSONL-contract object per image plus ``image_cache`` (``exact``, ``perceptual`` or ``none``),
     ``image_distance``, ``queued`` (the prompt waits for the builder) and ``snapshot``.
-    Errors: 400 bad request (no images, too many, bad JSON or base64, a name that is not valid Unicode), 413 body over ``max_upload_bytes`` or an
-    image over ``max_pixels`` (decompression bomb), 415 not an image, 422 a corrupt image, 503 overloaded or
-    shutting down, 504 past ``request_timeout``. A request with a bad image is refused whole; ``detail`` names
+    Errors: 400 bad request (no images, too many, bad JSON or base64, a name that is not valid Unicode), 408
+    a body slower than ``client_timeout``, 413 body over ``max_upload_bytes`` or an image over ``max_pixels``
+    (decompression bomb), 415 not an image, 422 a corrupt image, 503 overloaded or shutting down, 504 past
+    ``request_timeout``. A request with a bad image is refused whole; ``detail`` names
     each bad image by index.
 ``GET /v1/health``
     ``{"status": "ok", ...}`` once the models are loaded and the index is open.
@@ -148,7 +149,10 @@ def create_app(
         body = {"error": message}
         if detail is not None:
             body["detail"] = detail
-        return JSONResponse(body, status_code=status)
+        # After a body that came too slowly or too large, the rest of it may still be on the way: close the
+        # connection rather than keep it alive for another request.
+        headers = {"Connection": "close"} if status in (408, 413) else None
+        return JSONResponse(body, status_code=status, headers=headers)
 
     key = api_key(sc)
 
@@ -396,12 +400,51 @@ def serve(config: ConfigSource = None, *, index: str | os.PathLike | None = None
               "behind an authenticating proxy)", file=sys.stderr, flush=True)
     print(f"rindex: serving http://{host}:{bound} (docs at /docs; miss policy {sc.miss_policy}"
           f"{'; API key required' if api_key(sc) else ''})", file=sys.stderr, flush=True)
-    # timeout_keep_alive closes idle connections; limit_concurrency answers 503 past that many open
-    # connections and tasks, so that half-open clients cannot hold every slot.
+    # timeout_keep_alive closes idle connections, the protocol closes those whose request headers do not
+    # arrive in time; limit_concurrency answers 503 past that many open connections and tasks.
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
                                            timeout_keep_alive=max(1, int(sc.client_timeout)),
-                                           limit_concurrency=sc.max_pending + 64))
+                                           limit_concurrency=sc.max_pending + 64,
+                                           http=header_timeout_protocol(sc.client_timeout)))
     server.run(sockets=[sock])
+
+
+def header_timeout_protocol(timeout: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers have not all arrived ``timeout``
+    seconds after it opened or after its previous answer. uvicorn only times out idle keep-alive connections,
+    so a client that sent nothing, or half a request line, held its connection (and a file descriptor, and a
+    slot of ``limit_concurrency``) for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(timeout, self._headers_late, self.cycle)
+
+        def _headers_late(self, cycle) -> None:
+            # Still the request/response cycle of the time the timer was set (no new request's headers arrived)
+            # and nothing in progress: the client is too slow.
+            self._header_timer = None
+            if self.cycle is cycle and (cycle is None or cycle.response_complete):
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
 
 
 def _version() -> str:
@@ -413,4 +456,4 @@ def _version() -> str:
         return "0"
 
 
-__all__ = ["bind_socket", "create_app", "serve"]
+__all__ = ["bind_socket", "create_app", "header_timeout_protocol", "serve"]
