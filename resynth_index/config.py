@@ -69,7 +69,7 @@ Example (every key, with its default unless marked)::
     max_aspect = 50.0               # longest/shortest side above this is refused before decoding (413)
     max_request_pixels = 100000000  # decoded pixels of all images of one request together (413 above)
     max_queue_bytes = 16777216      # build queue file limit; past it misses are answered but not queued
-    client_timeout = 10.0           # seconds a client may take to send a request's headers, its body (408), idle keep-alive
+    client_timeout = 10.0           # seconds a client may take to send its headers, its body (408); idle keep-alive
     api_key = ""                    # bearer token every endpoint but /v1/health requires ("" = none;
                                     # $RINDEX_API_KEY overrides it)
 

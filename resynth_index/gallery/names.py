@@ -16,10 +16,10 @@ The skeleton follows the idea of the Unicode confusable skeleton (UTS #39) for t
 NFKC (folds fullwidth and mathematical letters), drop format characters, invisible fillers and combining
 marks, map look-alikes through :data:`LOOKALIKES`, casefold, map again (letters that casefolding produced).
 The table holds every single character that Unicode's ``confusables.txt`` maps to a letter of ``unknown`` or
-``real`` (either case) and that NFKC does not already fold, plus the small capitals of those letters (``ᴀ ᴇ ʟ ɴ ʀ``,
-and ``к κ ĸ`` for ``k``), Cyrillic ``п`` and Greek ``η`` for ``n``, and ``vv`` for ``w``: these read as the
-letter in lower case although the Unicode table maps them elsewhere or nowhere. It is stricter than
-UTS #39 on purpose (case and diacritics are ignored): refusing ``Réal`` costs nothing.
+``real`` (either case) and that NFKC does not already fold, plus the small capitals of those letters
+(``ᴀ ᴇ ʟ ɴ ʀ``, and ``к κ ĸ`` for ``k``), Cyrillic ``п`` and Greek ``η`` for ``n``, and ``vv`` for ``w``: these
+read as the letter in lower case although the Unicode table maps them elsewhere or nowhere. It is stricter
+than UTS #39 on purpose (case and diacritics are ignored): refusing ``Réal`` costs nothing.
 
 Names already stored by an earlier version are still read and can still be removed (``rindex unenroll``).
 """
@@ -56,7 +56,7 @@ _LOOKALIKE_SOURCES = {
     "W": "\u051c\u13b3\u13d4\ua4ea\U000118e6\U000118ef",
     "a": "\u0251\u03b1\u0430\u237a\u1d00",
     "e": "\u0435\u04bd\u212e\uab32\u1d07",
-    "k": "\u043a\u03ba\u0138\u1d0b\u2c95\uabb6",  # small capitals and kra: not in confusables.txt as k
+    "k": "\u043a\u03ba\u0138\u1d0b\u2c95\uabb6",  # added: confusables.txt maps these to kra, not k
     "l": "1I|\u0196\u01c0\u0399\u0406\u04c0\u06f1\u16c1\u2223\u23fd\u2502\u2c92\u2d4f\ua4f2\U0001028a"
          "\U00010309\U00010320\U00016f28\u029f",
     "n": "\u0578\u057c\u043f\u03b7\u0274",  # Armenian vo and ra; added: Cyrillic pe, Greek eta, small N
@@ -104,9 +104,9 @@ def _bad_character(name: str) -> str | None:
     return None
 
 
-_CATEGORY_WORDS = {"Cc": "a control character", "Cf": "a format character", "Cs": "a lone surrogate: bytes that are not UTF-8",
-                   "Co": "a private-use character", "Cn": "an unassigned code point",
-                   "Zl": "a line separator", "Zp": "a paragraph separator"}
+_CATEGORY_WORDS = {"Cc": "a control character", "Cf": "a format character",
+                   "Cs": "a lone surrogate: bytes that are not UTF-8", "Co": "a private-use character",
+                   "Cn": "an unassigned code point", "Zl": "a line separator", "Zp": "a paragraph separator"}
 
 
 def check_generator_name(name: object) -> str:

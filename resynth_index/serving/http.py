@@ -11,8 +11,7 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
     Errors: 400 bad request (no images, too many, bad JSON or base64, a name that is not valid Unicode), 408
     a body slower than ``client_timeout``, 413 body over ``max_upload_bytes`` or an image over ``max_pixels``
     (decompression bomb), 415 not an image, 422 a corrupt image, 503 overloaded or shutting down, 504 past
-    ``request_timeout``. A request with a bad image is refused whole; ``detail`` names
-    each bad image by index.
+    ``request_timeout``. A request with a bad image is refused whole; ``detail`` names each bad image by index.
 ``GET /v1/health``
     ``{"status": "ok", ...}`` once the models are loaded and the index is open.
 ``GET /v1/index``
