@@ -73,7 +73,7 @@ def _configured(config, threads):
         if threads is not None:
             cfg = dataclasses.replace(cfg, threads=threads)
         apply_thread_policy(cfg.threads)
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
     return cfg
 
@@ -83,14 +83,49 @@ def _show_progress(progress: bool | None) -> bool:
 
 
 def _engine(config, index, device, readonly=False):
+    """The engine over ``index``. A reader needs an existing index (a mistyped --index is an error, not a new
+    empty index); a writer takes the writer lock before any model loads, so that a second writer is refused
+    at once."""
     from .attribution.engine import Attributor
+    from .store.index_dir import check_index_dir
 
-    return Attributor(config, index=index if index is not None else default_index_dir(), device=device, readonly=readonly)
+    index = index if index is not None else default_index_dir()
+    if readonly:
+        check_index_dir(index, writer=False)
+    engine = Attributor(config, index=index, device=device, readonly=readonly)
+    try:
+        engine.lock_for_writing()
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"rindex: error: {exc}", err=True)
+def _fail(exc: BaseException) -> None:
+    if isinstance(exc, OSError):
+        from .store.index_dir import describe_os_error
+
+        exc = describe_os_error(exc)
+    elif type(exc).__module__.split(".")[0] == "lmdb":  # the index's storage refused: a full or read-only disk
+        exc = f"the index's storage failed: {type(exc).__name__}: {exc}"
+    click.echo(f"rindex: error: {_printable(str(exc))}", err=True)
     sys.exit(2)
+
+
+#: errors a command reports as ``rindex: error: ...`` (exit 2) instead of a traceback
+_CLEAN_ERRORS: tuple[type[BaseException], ...] = (RindexError, OSError)
+try:
+    import lmdb
+
+    _CLEAN_ERRORS += (lmdb.Error,)
+except ImportError:  # pragma: no cover - lmdb is a dependency
+    pass
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, carriage returns) shown as ``?``: a prompt read
+    from a file must not drive the terminal."""
+    return "".join(ch if ch.isprintable() or ch == " " else "?" for ch in text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,7 +174,7 @@ def build(index, config, device, prompts, limit, ray_address, staging, workers, 
                 f"{report.images} image(s) generated in {report.seconds:.1f}s -> {engine.index_dir}",
                 err=True,
             )
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
 
 
@@ -270,7 +305,7 @@ def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
         writer.writerows(table)
         return
     shown = [c for c in columns if c != "error" or any(t["error"] for t in table)]
-    cells = [[("" if t[c] is None else str(t[c])) for c in shown] for t in table]
+    cells = [[("" if t[c] is None else _printable(str(t[c]))) for c in shown] for t in table]
     widths = [min(max([len(c)] + [len(row[i]) for row in cells]), 60) for i, c in enumerate(shown)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(shown, widths)).rstrip())
     for row in cells:
@@ -302,9 +337,9 @@ def query(images, index, config, device, fmt, no_resynth, top_k, manifest, strea
         if images or manifest:
             raise click.UsageError("--stream reads its inputs from stdin: give no IMAGES and no --manifest")
         try:
-            with _engine(config, index, device, readonly=False) as engine:
+            with _engine(config, index, device, readonly=no_resynth) as engine:
                 failed = run_stream(engine, sys.stdin, sys.stdout, resynthesize=not no_resynth, top_k=top_k)
-        except RindexError as exc:
+        except _CLEAN_ERRORS as exc:
             _fail(exc)
         sys.exit(1 if failed else 0)
     if not images:
@@ -312,11 +347,11 @@ def query(images, index, config, device, fmt, no_resynth, top_k, manifest, strea
     missing = [str(p) for p in images if not p.exists()]
     try:
         truth = read_manifest(manifest) if manifest else None
-        with _engine(config, index, device, readonly=False) as engine:
+        with _engine(config, index, device, readonly=no_resynth) as engine:
             existing = [p for p in images if p.exists()]
             results = (engine.attribute(existing, resynthesize=not no_resynth, top_k=top_k,
                                         progress=_show_progress(progress)) if existing else [])
-    except (RindexError, OSError, KeyError) as exc:
+    except (*_CLEAN_ERRORS, KeyError) as exc:
         _fail(exc)
     from .attribution.engine import Attribution
 
@@ -346,8 +381,16 @@ def enroll(name, images, index, config, device, progress, threads):
 
     NAME need not be configured: an enrolled name is a candidate of every query (gallery-only when it has no
     source). The reserved NAME "real" enrols real photos, which calibrate the real/AI gate. An image that
-    cannot be decoded is named and skipped; the others are enrolled (exit 1 then).
+    cannot be decoded is named and skipped; the others are enrolled (exit 1 then). NAME: at most 64
+    characters, no control, format or invisible characters, no whitespace but inner spaces, nothing that looks
+    like "unknown" or "real" (exit 2).
     """
+    from .gallery.names import check_generator_name
+
+    try:
+        check_generator_name(name)  # before any model loads: a refused name costs nothing
+    except _CLEAN_ERRORS as exc:
+        _fail(exc)
     config = _configured(config, threads)
     try:
         with _engine(config, index, device) as engine:
@@ -355,7 +398,7 @@ def enroll(name, images, index, config, device, progress, threads):
             counts = engine.gallery.generators()
             view = engine.gallery_view()  # None until an AI generator has references
             cal = view.calibration if view is not None else None
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
     for err in report.errors:
         click.echo(f"rindex: {err}", err=True)
@@ -388,7 +431,7 @@ def unenroll(name, index):
     try:
         with Gallery(index if index is not None else default_index_dir()) as gallery:
             removed = gallery.remove(name)
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
     click.echo(f"removed {removed} reference(s) of {name!r}", err=True)
 
@@ -404,7 +447,7 @@ def info(index, config, as_json, threads):
     try:
         with _engine(config, index, "cpu", readonly=True) as engine:
             data = engine.info()
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -449,7 +492,7 @@ def zoo_export(name, directory):
 
     try:
         export_zoo(name, directory)
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
     click.echo(f"exported zoo:{name} to {directory}", err=True)
 
@@ -472,7 +515,7 @@ def zoo_samples(outdir, config, device, per_generator, with_parameters, threads)
     try:
         engine = Attributor(config, device=device)
         manifest = write_samples(engine, outdir, per_generator=per_generator, with_parameters=with_parameters)
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
     click.echo(f"wrote samples and {manifest}", err=True)
 
@@ -517,7 +560,7 @@ def serve(index, config, device, host, port, miss_policy, log_level, builder, on
                    overrides={"miss_policy": miss_policy} if miss_policy else None)
     except KeyboardInterrupt:
         pass
-    except (RindexError, OSError) as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
 
 
@@ -580,7 +623,7 @@ def eval_cmd(index, config, device, out, per_generator, transforms, gammas, held
     )
     try:
         result = run_evaluation(config, out, opts, index_dir=index, device=device)
-    except RindexError as exc:
+    except _CLEAN_ERRORS as exc:
         _fail(exc)
     click.echo(accuracy_table(result))
     click.echo(f"report: {out / 'report.md'} ({result['wall_seconds_with_report']:.0f}s)", err=True)

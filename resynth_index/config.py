@@ -76,6 +76,12 @@ Example (every key, with its default unless marked)::
     image_cache_size = 100000       # image-level cache entries (LRU)
     phash_distance = 4              # pHash Hamming distance for a perceptual repost match; -1 = exact only
     refresh_interval = 2.0          # seconds between checks for a newer index snapshot; 0 = only on request
+    max_aspect = 50.0               # longest/shortest side above this is refused before decoding (413)
+    max_request_pixels = 100000000  # decoded pixels of all images of one request together (413 above)
+    max_queue_bytes = 16777216      # build queue file limit; past it misses are answered but not queued
+    client_timeout = 10.0           # seconds a client may take to send its headers, its body (408); idle keep-alive
+    api_key = ""                    # bearer token every endpoint but /v1/health requires ("" = none;
+                                    # $RINDEX_API_KEY overrides it)
 
     [gallery]                       # enrolled reference images (rindex enroll; README "Reference galleries")
     fingerprint = "spectrum"        # spectrum | bitplane | none: the fingerprint matched against references
@@ -220,6 +226,11 @@ class ServeConfig:
     image_cache_size: int = 100_000
     phash_distance: int = 4
     refresh_interval: float = 2.0
+    max_aspect: float = 50.0
+    max_request_pixels: int = 100_000_000
+    max_queue_bytes: int = 16 * 1024 * 1024
+    client_timeout: float = 10.0
+    api_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -435,7 +446,8 @@ _POSITIVE = {
     "embedder.batch_size", "inverter.max_new_tokens", "scoring.knn_k", "scoring.unrestricted_k",
     "build.batch_size", "generators.batch_size", "generators.steps", "generators.height", "generators.width",
     "serve.request_timeout", "serve.max_upload_bytes", "serve.max_pixels", "serve.max_images",
-    "serve.max_batch", "serve.max_pending", "serve.image_cache_size",
+    "serve.max_batch", "serve.max_pending", "serve.image_cache_size", "serve.max_aspect",
+    "serve.max_request_pixels", "serve.max_queue_bytes", "serve.client_timeout",
     "gallery.layer", "gallery.bits", "gallery.patch", "gallery.window", "gallery.patches", "gallery.target_fpr",
     "scoring.target_fpr",
     "provenance.watermark_min_agreement", "provenance.replay_max_distance",

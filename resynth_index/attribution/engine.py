@@ -99,6 +99,7 @@ class Attributor:
         #: the models this config uses, loaded on first use; shared with engines made by :meth:`reopen`
         self.models = LoadedModels(self.config, self.device)
         self._cache = None
+        self._writer_lock = None  # taken early by lock_for_writing(), handed to the cache
         self._gallery = None
         self._gallery_view = None  # (gallery version, GalleryView)
         self._open_set: OpenSetCalibration | None = None
@@ -121,8 +122,24 @@ class Attributor:
                 prompt_embedder=self.models.get_prompt_embedder(),
                 near_threshold=cc.near_threshold if cc.near_threshold > 0 else DEFAULT_NEAR_THRESHOLD,
                 readonly=self.readonly,
+                writer_lock=self._writer_lock,
             )
         return self._cache
+
+    def lock_for_writing(self) -> None:
+        """Take the index's writer lock now, before any model loads, so that a second writer is refused at
+        once (:class:`~resynth_index.store.writer_lock.CacheLockedError`) instead of after loading its models.
+        Writers call it first; the cache opened later keeps the lock. A no-op for a read-only engine."""
+        from ..store.writer_lock import WriterLock
+
+        if self.readonly or self._cache is not None or self._writer_lock is not None:
+            return
+        from ..store.index_dir import check_index_dir
+
+        check_index_dir(self.index_dir, writer=True)
+        lock = WriterLock(os.fspath(self.index_dir))
+        lock.acquire(0.0)
+        self._writer_lock = lock
 
     @property
     def embedder(self) -> Embedder:
@@ -171,7 +188,11 @@ class Attributor:
 
     def enroll(self, name: str, inputs, *, progress: bool = False) -> EnrollReport:
         """Add reference images for generator ``name`` (``"real"``: real photos for the gate's calibration);
-        returns an :class:`~resynth_index.gallery.references.EnrollReport`. See :mod:`resynth_index.gallery.references`."""
+        returns an :class:`~resynth_index.gallery.references.EnrollReport`. See :mod:`resynth_index.gallery.references`;
+        a refused name (:mod:`resynth_index.gallery.names`) raises UsageError before any model loads."""
+        from ..gallery.names import check_generator_name
+
+        check_generator_name(name)
         return self.gallery.enroll(name, inputs, features=self._gallery_features(), progress=progress)
 
     def gallery_view(self) -> GalleryView | None:
@@ -284,7 +305,7 @@ class Attributor:
             results.append(res)
             decoded.append((res, d))
         if decoded:
-            self._attribute_decoded(decoded, resynthesize=resynthesize, top_k=top_k, progress=progress)
+            self._attribute_isolated(decoded, resynthesize=resynthesize, top_k=top_k, progress=progress)
         return results
 
     def attribute_decoded(
@@ -309,8 +330,8 @@ class Attributor:
             name = names[n] if names is not None and n < len(names) else None
             results.append(Attribution(path=name or d.path or f"<input {n}>"))
         if results:
-            self._attribute_decoded(list(zip(results, images)), resynthesize=resynthesize, top_k=top_k,
-                                    resynthesis_budget=resynthesis_budget)
+            self._attribute_isolated(list(zip(results, images)), resynthesize=resynthesize, top_k=top_k,
+                                     resynthesis_budget=resynthesis_budget)
         return results
 
     def share_models_from(self, other: "Attributor") -> None:
@@ -328,6 +349,13 @@ class Attributor:
         other.models = self.models
         other.resynthesis_seconds_per_prompt = self.resynthesis_seconds_per_prompt
         return other
+
+    def _attribute_isolated(self, decoded, **options) -> None:
+        """:meth:`_attribute_decoded` with per-image isolation: an input whose processing raises gets its own
+        error result and the others their answers (:mod:`~resynth_index.attribution.isolation`)."""
+        from .isolation import run_isolated
+
+        run_isolated(lambda pairs: self._attribute_decoded(list(pairs), **options), decoded)
 
     def _attribute_decoded(self, decoded, *, resynthesize: bool, top_k: int,
                            resynthesis_budget: float | None = None, progress: bool = False) -> None:
@@ -432,6 +460,9 @@ class Attributor:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+        elif self._writer_lock is not None:
+            self._writer_lock.release()
+        self._writer_lock = None
         if self._gallery is not None:
             self._gallery.close()
             self._gallery = None

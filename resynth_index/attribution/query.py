@@ -110,7 +110,8 @@ def misses_within_budget(batch: QueryBatch, *, budget: float | None,
     as fit, the most frequent first. The first miss always runs, which is how the cost becomes known."""
     misses: dict[str, list[Attribution]] = {}
     for lookup, res in zip(batch.lookups, batch.results):
-        if lookup is not None and lookup.status == "miss" and lookup.missing:
+        # a prompt that normalises to nothing cannot be cached: answered from the cached evidence only
+        if lookup is not None and lookup.status == "miss" and lookup.missing and lookup.normalized_prompt:
             misses.setdefault(lookup.normalized_prompt, []).append(res)
     if misses and budget is not None and seconds_per_prompt:
         fit = int(max(0.0, budget) // seconds_per_prompt)

@@ -49,11 +49,11 @@ import msgpack
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, ImageError, RindexError
+from ..errors import ImageError, RindexError
 from ..store.environment import Environment, EnvironmentMissing
+from .names import RESERVED_REAL, check_generator_name
 
-REAL = "real"  # reserved gallery name: the user's real photos (calibrate the real/AI gate)
-RESERVED_NAMES = ("unknown", REAL)
+REAL = RESERVED_REAL  # the user's real photos: they calibrate the real/AI gate
 GALLERY_SCHEMA = 1
 MAX_REFERENCE_BYTES = 64 * 1024 * 1024
 _U64 = struct.Struct(">Q")
@@ -69,14 +69,6 @@ DEFAULT_REAL_CROP = 128  # native-resolution crops per photo: many real samples 
 DEFAULT_REAL_CROPS_PER_PHOTO = 8
 
 FeatureFn = Callable[[Sequence[Image.Image]], np.ndarray]
-
-
-def check_generator_name(name: str) -> str:
-    if not isinstance(name, str) or not name.strip() or len(name) > 100 or any(ord(c) < 32 for c in name):
-        raise ConfigError(f"gallery name must be 1-100 printable characters, got {name!r}")
-    if name == "unknown":
-        raise ConfigError("'unknown' is reserved (it is the answer when no generator is near enough)")
-    return name
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,17 @@ from ..errors import CorruptImage, ImageError, ImageTooLarge, ImageUnreadable, N
 MAX_PIXELS_DEFAULT = 40_000_000
 """Default decompression-bomb guard: images with more pixels than this are refused before decoding."""
 
+MAX_ASPECT_DEFAULT = 50.0
+"""Default longest-to-shortest side ratio above which an image is refused before decoding. Preprocessing scales
+the shorter side to the model's input size, so a 2×200000 strip would become a 224×22,400,000 tensor; 50:1 keeps
+the worst case at 224×11,200 (2.5 Mpixel) while admitting any panorama or banner a camera or a site writes."""
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
+"""The Pillow decoders an input may reach (``Image.open(..., formats=...)``): the formats people and
+generators save pictures in. Everything else, notably EPS/PostScript and PDF (which Pillow hands to an external
+Ghostscript), is refused as :class:`NotAnImage` whatever the file is called. AVIF/HEIF only where a plugin
+registered them."""
+
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic"}
 )
@@ -101,6 +112,7 @@ def decode_image(
     *,
     max_pixels: int = MAX_PIXELS_DEFAULT,
     name: str | None = None,
+    max_aspect: float = MAX_ASPECT_DEFAULT,
 ) -> DecodedImage:
     """Decode ``source`` into a :class:`DecodedImage` or raise an :class:`ImageError` subclass naming it.
 
@@ -108,6 +120,7 @@ def decode_image(
         source: a file path, the encoded bytes of a file, or a PIL image (copied, never modified).
         max_pixels: refuse images whose header announces more than this many pixels (width × height).
         name: how to name the image in errors when ``source`` is bytes or a PIL image (a path names itself).
+        max_aspect: refuse images whose longer side is more than this many times their shorter side.
     """
     if max_pixels is None or int(max_pixels) <= 0:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
@@ -116,7 +129,7 @@ def decode_image(
     path: str | None = None
     if isinstance(source, Image.Image):
         label = name or "<in-memory image>"
-        _check_size(source.size, max_pixels, label)
+        _check_size(source.size, max_pixels, label, max_aspect)
         try:
             source.load()
             metadata = _collect_metadata(source)
@@ -147,9 +160,9 @@ def decode_image(
         with warnings.catch_warnings():
             # Our own guard below decides; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=_allowed_formats())
             container = im.format
-            _check_size(im.size, max_pixels, label)
+            _check_size(im.size, max_pixels, label, max_aspect)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()
@@ -162,10 +175,12 @@ def decode_image(
         raise ImageTooLarge(f"{label}: refused as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         head = data[:16]
-        hint = " (looks like text)" if _looks_like_text(head) else ""
+        hint = _refused_format_hint(data) or (" (looks like text)" if _looks_like_text(head) else "")
         raise NotAnImage(f"{label}: not a recognised image format{hint}") from exc
     except MemoryError as exc:
         raise CorruptImage(f"{label}: out of memory while decoding") from exc
+    except RecursionError as exc:
+        raise CorruptImage(f"{label}: cannot decode image: structure nested too deeply") from exc
     except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, zlib errors, codec errors...
         raise CorruptImage(f"{label}: cannot decode image: {_describe(exc)}") from exc
 
@@ -217,10 +232,35 @@ def _read_file(path: str, label: str) -> bytes:
         raise ImageUnreadable(f"{label}: cannot read file: {exc.strerror or exc}") from exc
 
 
-def _check_size(size: tuple[int, int], max_pixels: int, label: str) -> None:
+def _allowed_formats() -> tuple[str, ...]:
+    Image.init()  # registers the plugins, so that only formats this Pillow knows are named
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _refused_format_hint(data: bytes) -> str:
+    """`` (FORMAT is not accepted)`` when a decoder outside the allow-list recognises ``data``."""
+    Image.init()
+    allowed = set(ALLOWED_FORMATS)
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        if fmt in allowed or accept is None:
+            continue
+        try:
+            if accept(data[:64]):
+                return f" ({fmt} is not an accepted format; accepted: {', '.join(_allowed_formats())})"
+        except Exception:  # noqa: BLE001 - a plugin's sniffer is best effort here
+            continue
+    return ""
+
+
+def _check_size(size: tuple[int, int], max_pixels: int, label: str, max_aspect: float = MAX_ASPECT_DEFAULT) -> None:
     w, h = size
     if w <= 0 or h <= 0:
         raise CorruptImage(f"{label}: invalid image size {w}x{h}")
+    if max(w, h) > max_aspect * min(w, h):
+        raise ImageTooLarge(
+            f"{label}: image is {w}x{h}, an aspect ratio of {max(w, h) / min(w, h):,.0f}:1, above the limit of "
+            f"{max_aspect:g}:1"
+        )
     if w * h > max_pixels:
         raise ImageTooLarge(
             f"{label}: image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "

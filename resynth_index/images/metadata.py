@@ -12,6 +12,11 @@ from typing import Any, Mapping
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
+MAX_PROMPT_CHARS = 2000
+"""A prompt read from metadata is cut to this many characters (at a word boundary when there is one): real
+prompts are a few hundred characters, and a hostile 1 MB one would otherwise be held in every answer, the image
+cache and the build queue."""
+
 
 def collapse_whitespace(text: str) -> str:
     """One space for every run of white space; lone UTF-16 surrogates (which JSON escapes can carry and no
@@ -200,23 +205,43 @@ def _node_order(node_id: str) -> tuple[int, str]:
     return (int(m.group()) if m else 1 << 30, node_id)
 
 
+def bounded_prompt(text: str, limit: int = MAX_PROMPT_CHARS) -> str | None:
+    """``text`` with collapsed white space, cut to ``limit`` characters; None when nothing in it is a letter or a
+    digit (``!!!``, a zero-width space), which would normalise to an empty prompt."""
+    p = collapse_whitespace(text)
+    if len(p) > limit:
+        cut = p[:limit]
+        p = (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2:] else cut).rstrip()
+    return p if any(ch.isalnum() for ch in p) else None
+
+
 def prompt_from_metadata(meta: Mapping[str, str]) -> tuple[str, str] | None:
     """(prompt, source) from a decoded image's metadata, in the order of trust :class:`MetadataInverter`
-    documents, or None when the file carries no prompt."""
+    documents, or None when the file carries no usable prompt. Prompts are bounded by :func:`bounded_prompt`:
+    one with no letter or digit counts as none, so the next inverter of the chain answers."""
+    for prompt, source in _metadata_prompts(meta):
+        p = bounded_prompt(prompt)
+        if p:
+            return p, source
+    return None
+
+
+def _metadata_prompts(meta: Mapping[str, str]):
+    """Every (raw prompt, source) the metadata carries, most trusted first."""
     lower = {k.lower(): v for k, v in meta.items() if isinstance(v, str)}
     params = lower.get("parameters")
     if params:
         p = parse_a1111_parameters(params)
         if p:
-            return collapse_whitespace(p), "metadata:parameters"
+            yield p, "metadata:parameters"
     if lower.get("prompt"):
         p = parse_comfyui_prompt(lower["prompt"])
         if p:
-            return collapse_whitespace(p), "metadata:comfyui"
+            yield p, "metadata:comfyui"
     if lower.get("workflow"):
         p = parse_comfyui_workflow(lower["workflow"])
         if p:
-            return collapse_whitespace(p), "metadata:comfyui"
+            yield p, "metadata:comfyui"
     for key, source in (("exif:usercomment", "metadata:exif-usercomment"),
                         ("exif:imagedescription", "metadata:exif-imagedescription")):
         text = lower.get(key)
@@ -224,5 +249,4 @@ def prompt_from_metadata(meta: Mapping[str, str]) -> tuple[str, str] | None:
             continue
         p = parse_a1111_parameters(text) if _looks_like_a1111(text) else text
         if p and p.strip():
-            return collapse_whitespace(p), source
-    return None
+            yield p, source

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..provenance import DECIDERS, container_fingerprint
+from ..images.pdq import PDQ, pdq_hash
 from .errors import Overloaded, ServiceClosed
 from .image_cache import ImageCache, ImageCacheHit, perceptual_hash
 
@@ -163,6 +164,7 @@ class _Job:
     future: cf.Future
     timings: dict[str, float]
     enqueued: float = 0.0
+    pdq: PDQ | None = None
 
 
 class Batcher(Generic[T]):
@@ -248,10 +250,13 @@ class Batcher(Generic[T]):
             t0 = time.perf_counter()
             d = item.image
             key, perceptual = answer_key(d)
-            ph = perceptual_hash(d.image) if self.image_cache.perceptual and perceptual else None
+            pdq = image_pdq(d.image)
+            # a low-information image (flat, a gradient) never matches perceptually: it would match them all
+            ph = (perceptual_hash(d.image) if self.image_cache.perceptual and perceptual and pdq_reliable(pdq)
+                  else None)
             hit = self.image_cache.get(key, ph)
             job = _Job(d, key, name, ph, deadline, cf.Future(),
-                       {"decode": item.decode_seconds, "image_cache": time.perf_counter() - t0})
+                       {"decode": item.decode_seconds, "image_cache": time.perf_counter() - t0}, pdq=pdq)
             futures.append(job.future)
             if hit is not None:
                 self._answer_hit(job, hit)
@@ -354,12 +359,27 @@ class Batcher(Generic[T]):
         self._finish(job, Answer(job.name, json.loads(hit.value), hit.kind, hit.distance, False, dict(job.timings)))
 
     def _finish(self, job: _Job, answer: Answer) -> None:
+        if job.pdq is not None and "error" not in answer.result:  # this image's own hash, also on a cache hit
+            answer.result.update(pdq=job.pdq.hash_hex, pdq_quality=job.pdq.quality)
         try:
             value = self.present(answer)
         except Exception as exc:  # noqa: BLE001 - a formatting failure fails this image only
             _resolve(job.future, exc=exc)
         else:
             _resolve(job.future, value)
+
+
+def image_pdq(image) -> PDQ | None:
+    """The image's PDQ hash, or None where the ``pdqhash`` package (the ``[serve]`` extra) is missing."""
+    try:
+        return pdq_hash(image)
+    except ImportError:
+        return None
+
+
+def pdq_reliable(pdq: PDQ | None) -> bool:
+    """Whether perceptual matching may use this image: PDQ quality at least the minimum (no PDQ: not gated)."""
+    return pdq is None or pdq.reliable
 
 
 def _resolve(fut: cf.Future, value: Any = None, exc: BaseException | None = None) -> None:

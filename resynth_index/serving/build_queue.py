@@ -18,18 +18,26 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import RindexError
+
 if TYPE_CHECKING:
     from ..config import Config
 
 QUEUE_FILE = "build-queue.jsonl"
 QUEUE_LOCK = "build-queue.lock"
+PENDING_SAMPLE_BYTES = 1 << 20
+
+
+class QueueFull(RindexError):
+    """The build queue file reached its size limit (``serve.max_queue_bytes``)."""
 
 
 class BuildQueue:
     """The prompts serving processes want built: an append-only JSONL spool inside the index directory."""
 
-    def __init__(self, index_dir: str | os.PathLike):
+    def __init__(self, index_dir: str | os.PathLike, *, max_bytes: int | None = None):
         self.dir = Path(index_dir)
+        self.max_bytes = max_bytes  # past it, put() refuses (QueueFull): the builder is not keeping up
         self.path = self.dir / QUEUE_FILE
         self._lock_path = self.dir / QUEUE_LOCK
 
@@ -46,11 +54,18 @@ class BuildQueue:
             os.close(fd)
 
     def put(self, prompts: list[str]) -> None:
+        """Append ``prompts``; :class:`QueueFull` when the file would pass ``max_bytes``, ``OSError`` when the
+        disk refuses (full, read-only)."""
         if not prompts:
             return
         lines = "".join(json.dumps({"prompt": p, "t": round(time.time(), 3)}, ensure_ascii=False) + "\n" for p in prompts)
         fd = self._locked()
         try:
+            if self.max_bytes is not None:
+                size = self.path.stat().st_size if self.path.exists() else 0
+                if size + len(lines.encode()) > self.max_bytes:
+                    raise QueueFull(f"build queue {self.path} is full ({size:,} bytes, limit {self.max_bytes:,}); "
+                                    "is the builder running?")
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(lines)
         finally:
@@ -87,14 +102,19 @@ class BuildQueue:
         claim.unlink(missing_ok=True)
 
     def pending(self) -> int:
-        """Prompts queued or claimed but not yet built (lines, duplicates included)."""
+        """Prompts queued or claimed but not yet built (lines, duplicates included): counted in the first
+        :data:`PENDING_SAMPLE_BYTES` of each file and extrapolated by size beyond, so that a metrics scrape
+        never reads a large queue whole."""
         n = 0
         for p in [self.path, *self.claims()]:
             try:
                 with open(p, "rb") as fh:
-                    n += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
+                    head = fh.read(PENDING_SAMPLE_BYTES)
+                    size = os.fstat(fh.fileno()).st_size
             except FileNotFoundError:
-                pass
+                continue
+            lines = head.count(b"\n")
+            n += lines if size <= len(head) or not lines else round(lines * size / len(head))
         return n
 
 
@@ -121,6 +141,7 @@ def run_builder(
     stop = stop or threading.Event()
     built = 0
     with Attributor(config, index=index, device=device) as engine:
+        engine.lock_for_writing()  # before any model loads and before the queue is claimed (renamed)
         bq = BuildQueue(engine.index_dir)
         last_flush = time.monotonic()
         while not stop.is_set():
@@ -142,4 +163,4 @@ def run_builder(
     return built
 
 
-__all__ = ["QUEUE_FILE", "QUEUE_LOCK", "BuildQueue", "run_builder"]
+__all__ = ["QUEUE_FILE", "QUEUE_LOCK", "BuildQueue", "QueueFull", "run_builder"]

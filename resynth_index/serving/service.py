@@ -44,7 +44,7 @@ from ..errors import ConfigError, CorruptImage, ImageError
 from ..images.decode import DecodedImage, decode_image
 from ..store.keys import normalize_prompt
 from .batcher import Answer, Batcher, Settlement, TimedImage
-from .build_queue import BuildQueue
+from .build_queue import BuildQueue, QueueFull
 from .errors import ServiceClosed, classify_image_error
 from .image_cache import MAX_PHASH_DISTANCE, ImageCache
 from .metrics import ServiceMetrics
@@ -96,6 +96,8 @@ class AttributionService:
         self._deferred: deque[str] = deque()  # inline policy: prompts to build when idle
         self.build_queue: BuildQueue | None = None
         self.started_at: float | None = None
+        #: why the last build-queue append failed (a full disk, a full queue); None once one succeeds
+        self.queue_problem: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> AttributionService:
@@ -119,7 +121,8 @@ class AttributionService:
             engine.close()
             raise
         self._snapshot = Snapshot(engine, sid)
-        self.build_queue = BuildQueue(self._set or engine.index_dir)  # a set's queue outlives its swaps
+        self.build_queue = BuildQueue(self._set or engine.index_dir,  # a set's queue outlives its swaps
+                                      max_bytes=self.serve.max_queue_bytes)
         self.metrics.snapshot.set(sid)
         self.metrics.build_queue.set_function(self._build_queue_depth)
         self.metrics.queue_depth.set_function(lambda: self.batcher.pending)
@@ -223,11 +226,23 @@ class AttributionService:
         return self.build_queue.pending() if self.build_queue is not None else 0
 
     # -- requests -----------------------------------------------------------------------------------
-    def decode(self, data: bytes, name: str) -> TimedImage:
-        """Decode one upload under the pixel limit; raises :class:`ImageError` (and counts the refusal)."""
+    @property
+    def problem(self) -> str | None:
+        """Why the service cannot serve as it should (health reports it), or None."""
+        if not self.ready:
+            return "not ready"
+        if not self.inline and self.queue_problem:
+            return f"misses cannot be queued for the builder: {self.queue_problem}"
+        return None
+
+    def decode(self, data: bytes, name: str, *, max_pixels: int | None = None) -> TimedImage:
+        """Decode one upload under the pixel limit (``max_pixels``: what is left of the request's budget, when
+        less than ``serve.max_pixels``) and the aspect-ratio limit; raises :class:`ImageError` (and counts the
+        refusal)."""
         t0 = time.perf_counter()
+        limit = self.serve.max_pixels if max_pixels is None else max(1, min(max_pixels, self.serve.max_pixels))
         try:
-            d = decode_image(data, max_pixels=self.serve.max_pixels, name=name)
+            d = decode_image(data, max_pixels=limit, name=name, max_aspect=self.serve.max_aspect)
         except ImageError as exc:
             self.metrics.rejected.labels(classify_image_error(exc)[1]).inc()
             raise
@@ -266,6 +281,7 @@ class AttributionService:
             info = snap.engine.info()
         finally:
             snap.release()
+        info = relative_paths(info)
         info.update(
             snapshot={"id": snap.id, "opened_at": snap.opened_at},
             miss_policy=self.serve.miss_policy,
@@ -297,16 +313,19 @@ class AttributionService:
         anyone is answered ``"queued": true``."""
         provisional = [res.ok and res.cache == "miss" and "resynthesize" not in res.timings for res in results]
         deferred = [res.prompt for res, p in zip(results, provisional) if p and res.prompt]
+        queued = True
         if deferred:
-            self._defer(deferred)
-        return [Settlement({"queued": p, "snapshot": snapshot}, p) for p in provisional]
+            queued = self._defer(deferred)
+        return [Settlement({"queued": p and queued, "snapshot": snapshot}, p) for p in provisional]
 
     def idle(self) -> None:
         """Inline policy, idle worker: build a few deferred prompts (this process is the writer)."""
         if self.inline and self._deferred and not self._stop.is_set():
             self._build_deferred()
 
-    def _defer(self, prompts: list[str]) -> None:
+    def _defer(self, prompts: list[str]) -> bool:
+        """Queue ``prompts`` for building; False when the build queue refused them (full, or its disk). The
+        answers are given all the same, marked not queued, and health reports the problem."""
         fresh = []
         with self._prompts_lock:
             for p in prompts:
@@ -317,12 +336,23 @@ class AttributionService:
                     self._queued_prompts.add(norm)
                     fresh.append(p)
         if not fresh:
-            return
-        self.metrics.prompts_queued.inc(len(fresh))
+            return True
         if self.inline:
             self._deferred.extend(fresh)
         elif self.build_queue is not None:
-            self.build_queue.put(fresh)
+            try:
+                self.build_queue.put(fresh)
+            except (OSError, QueueFull) as exc:
+                from ..store.index_dir import describe_os_error
+
+                self.queue_problem = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+                log.warning("build queue: %s", self.queue_problem)
+                with self._prompts_lock:
+                    self._queued_prompts.difference_update(normalize_prompt(p) for p in fresh)
+                return False
+            self.queue_problem = None
+        self.metrics.prompts_queued.inc(len(fresh))
+        return True
 
     def _build_deferred(self) -> None:
         chunk = [self._deferred.popleft() for _ in range(min(len(self._deferred), self.config.build.batch_size))]
@@ -338,9 +368,26 @@ class AttributionService:
         self.image_cache.drop_provisional()
 
 
+def relative_paths(value: Any) -> Any:
+    """``value`` with every absolute path string replaced by its last component: a service must not reveal
+    where its index or its references live on the server's disk."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.basename(value.rstrip("/")) or "."
+    return value
+
+
 def _present(answer: Answer) -> dict:
-    """The HTTP result object: the answer plus ``image_cache``, ``image_distance`` and this image's timings."""
+    """The HTTP result object: the answer plus ``image_cache``, ``image_distance`` and this image's timings;
+    evidence names references by file name only."""
     out = answer.result
+    for items in (out.get("evidence") or {}).values():
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("reference"), str):
+                item["reference"] = relative_paths(item["reference"])
     out.update(path=answer.name, image_cache=answer.image_cache, image_distance=answer.distance,
                timings=_round(answer.timings))
     return out

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..attribution.isolation import describe_failure
 from ..errors import ImageError
 from ..images.decode import decode_image
 from .batcher import Answer, Batcher, FixedEngine, TimedImage, coalesce
@@ -54,6 +55,8 @@ def _parse(line: str, n: int):
     if not isinstance(doc, dict):
         raise ValueError("a JSON input line must be an object")
     ident = doc.get("id")
+    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, (str, int, float))):
+        raise ValueError('"id" must be a string or a number')
     if "path" in doc:
         return ident, str(doc.get("name") or doc["path"]), str(doc["path"])
     if "image" in doc:
@@ -65,17 +68,19 @@ def _parse(line: str, n: int):
     raise ValueError('a JSON input line needs "path" or "image"')
 
 
-def _decode(line: str, n: int, max_pixels: int) -> _Line:
+def _decode(line: str, n: int, max_pixels: int, max_aspect: float) -> _Line:
     """Parse and decode input line ``n``; a bad line or image is an error line."""
     ident, name = None, f"<line {n}>"
     try:
         ident, name, source = _parse(line, n)
         t0 = time.perf_counter()
-        d = decode_image(source, max_pixels=max_pixels, name=name)
+        d = decode_image(source, max_pixels=max_pixels, name=name, max_aspect=max_aspect)
         decode_s = time.perf_counter() - t0
     except (ValueError, ImageError) as exc:
         msg = str(exc) if isinstance(exc, ImageError) else f"{name}: {exc}"
         return _Line(ident, name, error=msg)
+    except Exception as exc:  # noqa: BLE001 - a JSON line nested too deeply, say: this line's error only
+        return _Line(ident, name, error=describe_failure(name, exc))
     return _Line(ident, name, decode_seconds=decode_s, image=TimedImage(d, decode_s))
 
 
@@ -92,7 +97,10 @@ def _output(line: _Line) -> dict:
     """The output object of one line (waits for its answer)."""
     if line.error is not None:
         return _with_id({"path": line.name, "error": line.error}, line.ident)
-    answer: Answer = line.future.result()
+    try:
+        answer: Answer = line.future.result()
+    except Exception as exc:  # noqa: BLE001 - a failed batch fails its lines, never the stream
+        return _with_id({"path": line.name, "error": describe_failure(line.name, exc)}, line.ident)
     out = answer.result
     if answer.image_cache == "none" and not answer.shared:
         if "timings" in out:  # an error result carries none
@@ -141,7 +149,7 @@ def run_stream(engine: ServingEngine, stdin: IO[str], stdout: IO[str], *, resynt
             n, eof = 0, False
             while not eof and not stop.is_set():
                 group, eof = _coalesce(raw, batcher.max_batch, batcher.max_wait)
-                decoded = [_decode(line, n + k + 1, sc.max_pixels) for k, line in enumerate(group)]
+                decoded = [_decode(line, n + k + 1, sc.max_pixels, sc.max_aspect) for k, line in enumerate(group)]
                 n += len(group)
                 images = [d for d in decoded if d.image is not None]
                 futures = batcher.submit([d.image for d in images], [d.name for d in images]) if images else []

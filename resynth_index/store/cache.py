@@ -110,6 +110,8 @@ class CandidateCache:
             snapshot (and at ``close()``).
         lock_timeout: seconds a second writer waits for the writer lock before :class:`CacheLockedError`.
         faiss_threads: OpenMP threads for FAISS (default: all cores).
+        writer_lock: the directory's writer lock, already taken by the caller (taken here when None), so that a
+            writer can be refused before it loads any model; the cache releases it at ``close()``.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class CandidateCache:
         index_persist_every: int = 50_000,
         lock_timeout: float = 0.0,
         faiss_threads: int | None = None,
+        writer_lock: WriterLock | None = None,
     ):
         if not 0.0 < float(near_threshold) <= 1.0:
             raise ConfigError(f"near_threshold must be in (0, 1], got {near_threshold!r}")
@@ -144,9 +147,9 @@ class CandidateCache:
         self._pid = os.getpid()
         self._closed = False
         self._env: Environment | None = None
-        self._writer_lock = WriterLock(self.path)
+        self._writer_lock = writer_lock or WriterLock(self.path)
 
-        if not self.readonly:
+        if not self.readonly and not self._writer_lock.held:
             os.makedirs(self.path, exist_ok=True)
             self._writer_lock.acquire(lock_timeout)
         try:

@@ -29,6 +29,11 @@ class WriterLock:
         self._fd: int | None = None
         self._pid = os.getpid()
 
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._fd is not None
+
     def acquire(self, timeout: float) -> None:
         """Take the lock, waiting up to ``timeout`` seconds; :class:`CacheLockedError` when it stays taken."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)

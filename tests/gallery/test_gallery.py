@@ -12,7 +12,7 @@ from PIL import Image
 
 from resynth_index import Attributor
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
-from resynth_index.errors import ConfigError, RindexError
+from resynth_index.errors import ConfigError, RindexError, UsageError
 from resynth_index.models.fingerprints import select_patches
 from resynth_index.gallery.matching import GallerySpace, calibrate, threshold_at_fpr
 from resynth_index.gallery.references import DEFAULT_REAL_PHOTOS, Gallery, Reference
@@ -144,7 +144,7 @@ def test_corrupt_reference_is_rejected_naming_it_and_the_rest_enrolled(tmp_path,
 def test_reserved_and_invalid_names_are_refused(tmp_path):
     with Gallery(tmp_path) as gallery:
         for bad in ("unknown", "", "a\nb"):
-            with pytest.raises(ConfigError):
+            with pytest.raises(UsageError, match="gallery name"):
                 gallery.enroll(bad, [])
     with pytest.raises(ConfigError, match="reserved"):
         Attributor({"generators": [{"name": "real", "source": "zoo:tiny-sd"}]}, index=tmp_path)

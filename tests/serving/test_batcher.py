@@ -110,7 +110,8 @@ def test_identical_pixels_are_computed_once_and_reposts_come_from_the_cache():
         assert set(again.timings) == {"decode", "image_cache"}
         # the cache holds one value type: the answer as compact JSON
         cached = b.image_cache.get(_image(1).image.pixel_sha256)
-        assert isinstance(cached.value, str) and json.loads(cached.value) == first.result
+        own = {k: v for k, v in first.result.items() if k not in ("pdq", "pdq_quality")}  # each image's own
+        assert isinstance(cached.value, str) and json.loads(cached.value) == own
 
 
 def test_policy_settlements_are_added_and_provisional_answers_marked():
@@ -206,7 +207,8 @@ def test_stream_output_format(tmp_path):
     failed = run_stream(engine, io.StringIO("\n".join(lines) + "\n"), out, resynthesize=False)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert failed == 3 and len(rows) == 5
-    assert list(rows[0]) == ["path", "prediction", "cache", "timings", "image_cache"]
+    assert list(rows[0]) == ["path", "prediction", "cache", "timings", "pdq", "pdq_quality", "image_cache"]
+    assert len(rows[0]["pdq"]) == 64 and rows[0]["pdq_quality"] == 0  # a flat image: quality 0
     assert rows[0]["image_cache"] == "none" and rows[0]["cache"] == "miss"
     assert list(rows[0]["timings"]) == ["decode", "invert", "embed"]
     assert rows[1]["id"] == 7 and rows[1]["image_cache"] == "exact" and list(rows[1]["timings"]) == ["decode"]
@@ -217,16 +219,20 @@ def test_stream_output_format(tmp_path):
     assert engine.calls == [[str(path)]]
 
 
-def test_stream_raises_an_engine_failure():
+def test_an_engine_failure_fails_its_lines_not_the_stream():
+    """A batch whose engine raises answers its lines with errors naming them; the stream goes on."""
     engine = FakeEngine()
     engine.fail = RuntimeError("engine broke")
     img = io.BytesIO()
     Image.new("RGB", (8, 8)).save(img, "PNG")
     import base64
 
-    line = json.dumps({"image": base64.b64encode(img.getvalue()).decode()})
-    with pytest.raises(RuntimeError, match="engine broke"):
-        run_stream(engine, io.StringIO(line + "\n"), io.StringIO())
+    line = json.dumps({"image": base64.b64encode(img.getvalue()).decode(), "name": "x.png", "id": 3})
+    out = io.StringIO()
+    failed = run_stream(engine, io.StringIO(line + "\n" + "{not json\n"), out)
+    rows = [json.loads(r) for r in out.getvalue().splitlines()]
+    assert failed == 2 and rows[0] == {"id": 3, "path": "x.png", "error": "x.png: RuntimeError: engine broke"}
+    assert rows[1]["path"] == "<line 2>" and "error" in rows[1]
 
 
 def test_http_status_is_chosen_by_error_type_not_message():
