@@ -183,7 +183,9 @@ def _ray_build(index, config, device, prompts, limit, address, staging, workers,
 
     try:
         import_ray()  # before any model loads: say how to install it
-        with _engine(config, index, device, readonly=no_ingest) as engine:
+        # --no-ingest only reads the index (to skip cached prompts); a new index is created as a build would
+        existing = Path(index if index is not None else default_index_dir()).exists()
+        with _engine(config, index, device, readonly=no_ingest and existing) as engine:
             report = ray_build(engine, prompts, address=address, staging=staging, workers=workers,
                                gpus_per_worker=gpus_per_worker, limit=limit, ingest=not no_ingest, progress=progress,
                                echo=lambda m: click.echo(m, err=True))

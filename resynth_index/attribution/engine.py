@@ -410,13 +410,13 @@ class Attributor:
 
     def open_set_calibration(self) -> OpenSetCalibration | None:
         """The cache's leave-one-generator-out calibration of ``unknown`` (:mod:`~resynth_index.attribution.open_set`),
-        recomputed when the cache has grown by a tenth; None when ``scoring.open_set`` is off or an explicit
-        ``scoring.unknown_threshold`` is set."""
+        recomputed when the cache has grown by a tenth; None when an explicit ``scoring.unknown_threshold`` is
+        set. It decides only with ``scoring.open_set = true``; otherwise results and ``info`` report it."""
         from .open_set import calibrate_open_set
 
         sc = self.config.scoring
         ns = self.namespaces
-        if not sc.open_set or sc.unknown_threshold != float("-inf") or not ns:
+        if sc.unknown_threshold != float("-inf") or not ns:
             return None
         vectors = self._stored_vectors()
         cal = self._open_set

@@ -129,6 +129,10 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
                                   note=f"needs two or more generators with {MIN_SAMPLES}+ cached candidates each "
                                        f"(have {counts}); build more prompts")
     rows = candidate_scores(cache, namespaces, scoring, per_generator=per_generator, seed=seed)
+    if len({t for t, _ in rows}) < 2:
+        # scoring.mode = "restricted" with no prototypes: a candidate has no evidence but its own prompt's
+        return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
+                                  note="nothing to calibrate on: the scoring reads only the query's own prompt")
     typical = {g: float(np.median([s[g] for t, s in rows if t == g])) for g in namespaces if any(t == g for t, _ in rows)}
     cal = OpenSetCalibration(fpr, None, None, None, typical, len(rows), vectors)
     known = np.array([cal.relative(s) for _, s in rows])

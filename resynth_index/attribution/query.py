@@ -210,8 +210,8 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
         if open_set is not None and open_set.threshold is not None and resynthesis_scores:
             statistic = open_set.relative(resynthesis_scores)
             res.open_set = {"statistic": round(statistic, 6), "threshold": round(open_set.threshold, 6),
-                            "tpr": open_set.tpr, "fpr": open_set.fpr}
-            if res.prediction != UNKNOWN and statistic < open_set.threshold:
+                            "tpr": open_set.tpr, "fpr": open_set.fpr, "applied": sc.open_set}
+            if sc.open_set and res.prediction != UNKNOWN and statistic < open_set.threshold:
                 res.prediction, res.decided_by = UNKNOWN, "open_set"
         if qg is not None:
             res.prediction, res.gallery = evidence.view.decide(res.prediction, scores, qg, open_set=gc.open_set,

@@ -1,6 +1,7 @@
 """The query path runs EfficientNet-Lite0 once per image on the default configuration, with the same
 attributions as two passes; ONNX Runtime and torch attribute the zoo samples alike."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -11,7 +12,7 @@ from resynth_index import Attributor
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
 from resynth_index.evaluation.samples import read_manifest, write_samples
 from resynth_index.models.backbones import load_efficientnet_lite0
-from resynth_index.models.embedders import load_embedder
+from resynth_index.models.embedders import embedder_from_config, load_embedder
 
 SMALL = {
     "generators": [{"name": "a", "source": "zoo:tiny-sd"}, {"name": "b", "source": "zoo:tiny-pixart"}],
@@ -61,7 +62,9 @@ class _Rows:
 def test_default_query_runs_the_network_once_per_image_with_identical_attributions(index_and_samples):
     index, paths = index_and_samples
     with Attributor(SMALL, index=index, device="cpu") as engine:
-        engine.models.embedder = load_embedder("efficientnet-lite0", device="cpu", runtime="torch")
+        # the configured embedder (its id, so the index's namespaces), run in torch so the hook sees every pass
+        engine.models.embedder = embedder_from_config(dataclasses.replace(engine.config.embedder, runtime="torch"),
+                                                      "cpu")
         stem = _Rows(load_efficientnet_lite0("cpu").conv_stem)
         try:
             shared = engine.attribute(paths)

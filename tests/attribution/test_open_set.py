@@ -13,7 +13,7 @@ from resynth_index.cli import main
 from resynth_index.evaluation.samples import write_samples
 
 GENERATORS = [{"name": "tiny-sd", "source": "zoo:tiny-sd"}, {"name": "tiny-sdxl", "source": "zoo:tiny-sdxl"}]
-CONFIG = {"generators": GENERATORS}
+CONFIG = {"generators": GENERATORS, "scoring": {"open_set": True}}
 PROMPTS = read_prompt_file(PACKAGED_PROMPTS)[:MIN_SAMPLES]
 
 
@@ -52,7 +52,7 @@ def test_results_say_what_decided_and_the_margin(index):
     for r in results:
         assert r.decided_by in ("resynthesis", "open_set")
         assert r.margin == pytest.approx(list(r.scores.values())[0] - list(r.scores.values())[1])
-        assert set(r.open_set) == {"statistic", "threshold", "tpr", "fpr"}
+        assert set(r.open_set) == {"statistic", "threshold", "tpr", "fpr", "applied"} and r.open_set["applied"]
         assert (r.prediction == "unknown") == (r.open_set["statistic"] < r.open_set["threshold"])
         line = r.to_dict()
         assert line["decided_by"] == r.decided_by and "margin" in line and "open_set" in line
@@ -64,11 +64,12 @@ def test_explicit_threshold_wins_and_open_set_can_be_turned_off(index):
     with Attributor(strict, index=idx, device="cpu", readonly=True) as engine:
         results = engine.attribute([samples], resynthesize=False)
     assert all(r.prediction == "unknown" and r.decided_by == "open_set" and r.open_set is None for r in results)
-    off = {**CONFIG, "scoring": {"open_set": False}}
+    off = {"generators": GENERATORS}  # the default: calibrated and reported, never deciding
     with Attributor(off, index=idx, device="cpu", readonly=True) as engine:
         results = engine.attribute([samples], resynthesize=False)
-        assert engine.open_set_calibration() is None
+        assert engine.open_set_calibration().threshold is not None
     assert all(r.prediction != "unknown" and r.decided_by == "resynthesis" for r in results)
+    assert all(r.open_set["applied"] is False for r in results)
 
 
 def test_a_small_cache_is_not_calibrated_and_says_why(tmp_path):
@@ -86,3 +87,12 @@ def test_info_reports_the_calibration(index, tmp_path):
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert data["open_set"]["threshold"] is not None and data["open_set"]["tpr"] >= 0.9
+
+
+def test_restricted_scoring_has_nothing_to_calibrate_and_still_answers(index):
+    idx, samples = index
+    restricted = {"generators": GENERATORS, "scoring": {"mode": "restricted", "prototype_weight": 0.0}}
+    with Attributor(restricted, index=idx, device="cpu", readonly=True) as engine:
+        assert "nothing to calibrate" in engine.open_set_calibration().note
+        results = engine.attribute([samples], resynthesize=False)
+    assert all(r.ok and r.open_set is None for r in results)
