@@ -19,6 +19,7 @@ Usage: python benchmarks/query.py [--stream 500 --prompts 50 --threads 1]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from resynth_index import Attributor  # noqa: E402
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
 from resynth_index.images.decode import decode_image  # noqa: E402
 from resynth_index.evaluation.samples import read_manifest, write_samples  # noqa: E402
-from resynth_index.models.embedders import load_embedder  # noqa: E402
+from resynth_index.models.embedders import embedder_from_config  # noqa: E402
 
 
 def prompt_images(engine, prompts, outdir: Path, seed_base: int) -> list[str]:
@@ -142,7 +143,8 @@ def hit_rows(engine, paths: list[str]) -> list[tuple[str, str]]:
     runtime is decode + one forward pass giving the embedding and the logits (``embed_with``). All of them are
     timed in turns, several rounds, the best round's median kept."""
     default = engine.embedder
-    torch_emb = load_embedder("efficientnet-lite0", device="cpu", runtime="torch")
+    # the configured embedding (so the index's namespaces match), run in eager torch
+    torch_emb = embedder_from_config(dataclasses.replace(engine.config.embedder, runtime="torch"), "cpu")
     paths_by_name = {
         "old: two passes, torch": (torch_emb, False),
         "new: one pass, torch": (torch_emb, True),
