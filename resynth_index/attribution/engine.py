@@ -225,13 +225,7 @@ class Attributor:
         """
         from tqdm.auto import tqdm
 
-        if prompts is None:
-            prompts = self._configured_prompts()
-        limit = limit if limit is not None else self.config.build.limit
-        unique: dict[str, str] = {}
-        for p in prompts:
-            unique.setdefault(normalize_prompt(p), p)
-        todo_all = list(unique.values())[: limit or None]
+        todo_all = self.prompts_to_build(prompts, limit=limit)
         start = time.perf_counter()
         todo = [p for p in todo_all if not self.cache.contains(p, self.namespaces)]
         images = 0
@@ -242,6 +236,17 @@ class Attributor:
                 images += self._resynthesize(chunk)
                 bar.update(len(chunk))
         return BuildReport(len(todo_all), len(todo_all) - len(todo), len(todo), images, time.perf_counter() - start)
+
+    def prompts_to_build(self, prompts: Iterable[str] | None = None, *, limit: int | None = None) -> list[str]:
+        """The distinct prompts (by normalized form, first spelling kept) a build of ``prompts`` covers, in order:
+        ``prompts`` or the configured list, cut to ``limit`` (default ``build.limit``; 0 = all)."""
+        if prompts is None:
+            prompts = self._configured_prompts()
+        limit = limit if limit is not None else self.config.build.limit
+        unique: dict[str, str] = {}
+        for p in prompts:
+            unique.setdefault(normalize_prompt(p), p)
+        return list(unique.values())[: limit or None]
 
     def _configured_prompts(self) -> list[str]:
         """``build.prompts``, else the packaged list; an unreadable ``build.prompts`` is a config error."""

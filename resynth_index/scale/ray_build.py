@@ -200,13 +200,7 @@ def ray_build(
     start = time.perf_counter()
     staging = Path(staging) if staging is not None else engine.index_dir / "staging"
     report = RayBuildReport(staging=str(staging))
-    if prompts is None:
-        prompts = engine._configured_prompts()
-    limit = limit if limit is not None else engine.config.build.limit
-    unique: dict[str, str] = {}
-    for p in prompts:
-        unique.setdefault(normalize_prompt(p), p)
-    todo_all = list(unique.values())[: limit or None]
+    todo_all = engine.prompts_to_build(prompts, limit=limit)
     report.requested = len(todo_all)
     namespaces = dict(engine.namespaces)
     cache = _open_cache(engine)
