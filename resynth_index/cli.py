@@ -12,126 +12,34 @@ from pathlib import Path
 
 import click
 
-from .config import MAX_THREADS, default_index_dir
+from .cli_common import (
+    _CLEAN_ERRORS,
+    _config_option,
+    _configured,
+    _device_option,
+    _engine,
+    _fail,
+    _index_option,
+    _printable,
+    _progress_option,
+    _show_progress,
+    _threads_option,
+)
+from .cli_scale import _ray_build, ingest, snapshot
+from .config import default_index_dir
 from .errors import RindexError
 
 FORMATS = ("table", "jsonl", "csv")
-
-
-def _index_option(f):
-    return click.option(
-        "--index",
-        "index",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Index directory (default: $RINDEX_INDEX, else ./cache).",
-    )(f)
-
-
-def _config_option(f):
-    return click.option(
-        "--config",
-        "config",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="TOML config (default: the embedded offline zoo).",
-    )(f)
-
-
-def _device_option(f):
-    return click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (overrides the config).")(f)
-
-
-def _progress_option(f):
-    return click.option(
-        "--progress/--no-progress",
-        "progress",
-        default=None,
-        help="Progress bar with ETA on stderr (default: only when stderr is a terminal).",
-    )(f)
-
-
-def _threads_option(f):
-    return click.option(
-        "--threads",
-        type=click.IntRange(min=0, max=MAX_THREADS),
-        default=None,
-        help="CPU threads for torch, FAISS and BLAS (0: automatic, see README 'Threads'; default: the config's).",
-    )(f)
-
-
-def _configured(config, threads):
-    """The config with ``--threads`` over its ``threads`` key, the thread policy applied before any model loads
-    (a bad config exits 2 here)."""
-    import dataclasses
-
-    from .config import load_config
-    from .devices import apply_thread_policy
-
-    try:
-        cfg = load_config(config)
-        if threads is not None:
-            cfg = dataclasses.replace(cfg, threads=threads)
-        apply_thread_policy(cfg.threads)
-    except _CLEAN_ERRORS as exc:
-        _fail(exc)
-    return cfg
-
-
-def _show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
-def _engine(config, index, device, readonly=False):
-    """The engine over ``index``. A reader needs an existing index (a mistyped --index is an error, not a new
-    empty index); a writer takes the writer lock before any model loads, so that a second writer is refused
-    at once."""
-    from .attribution.engine import Attributor
-    from .store.index_dir import check_index_dir
-
-    index = index if index is not None else default_index_dir()
-    if readonly:
-        check_index_dir(index, writer=False)
-    engine = Attributor(config, index=index, device=device, readonly=readonly)
-    try:
-        engine.lock_for_writing()
-    except BaseException:
-        engine.close()
-        raise
-    return engine
-
-
-def _fail(exc: BaseException) -> None:
-    if isinstance(exc, OSError):
-        from .store.index_dir import describe_os_error
-
-        exc = describe_os_error(exc)
-    elif type(exc).__module__.split(".")[0] == "lmdb":  # the index's storage refused: a full or read-only disk
-        exc = f"the index's storage failed: {type(exc).__name__}: {exc}"
-    click.echo(f"rindex: error: {_printable(str(exc))}", err=True)
-    sys.exit(2)
-
-
-#: errors a command reports as ``rindex: error: ...`` (exit 2) instead of a traceback
-_CLEAN_ERRORS: tuple[type[BaseException], ...] = (RindexError, OSError)
-try:
-    import lmdb
-
-    _CLEAN_ERRORS += (lmdb.Error,)
-except ImportError:  # pragma: no cover - lmdb is a dependency
-    pass
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters (terminal escapes, carriage returns) shown as ``?``: a prompt read
-    from a file must not drive the terminal."""
-    return "".join(ch if ch.isprintable() or ch == " " else "?" for ch in text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="resynth-index")
 def main() -> None:
     """Tell which text-to-image model made an image, by resynthesis over a precomputed index."""
+
+
+main.add_command(ingest)
+main.add_command(snapshot)
 
 
 @main.command()
@@ -176,108 +84,6 @@ def build(index, config, device, prompts, limit, ray_address, staging, workers, 
             )
     except _CLEAN_ERRORS as exc:
         _fail(exc)
-
-
-def _ray_build(index, config, device, prompts, limit, address, staging, workers, gpus_per_worker, no_ingest, progress):
-    from .scale.ray_build import import_ray, ray_build
-
-    try:
-        import_ray()  # before any model loads: say how to install it
-        # --no-ingest only reads the index (to skip cached prompts); a new index is created as a build would
-        existing = Path(index if index is not None else default_index_dir()).exists()
-        with _engine(config, index, device, readonly=no_ingest and existing) as engine:
-            report = ray_build(engine, prompts, address=address, staging=staging, workers=workers,
-                               gpus_per_worker=gpus_per_worker, limit=limit, ingest=not no_ingest, progress=progress,
-                               echo=lambda m: click.echo(m, err=True))
-    except (RindexError, ConnectionError) as exc:  # ConnectionError: no Ray cluster at ADDRESS
-        _fail(exc)
-    click.echo(f"skipped {report.skipped} of {report.requested} prompt(s) already cached; "
-               f"{report.staged} (prompt, generator) pair(s) were already staged", err=True)
-    if report.ingest is not None:
-        _report_ingest(report.ingest, engine.index_dir)
-    else:
-        click.echo(f"shards left in {report.staging}: rindex ingest {report.staging} --index INDEX", err=True)
-
-
-def _report_ingest(report, index_dir) -> None:
-    for line in report.refused:
-        click.echo(f"rindex: refused shard {line}", err=True)
-    click.echo(f"ingested {report.shards} shard(s): {report.added} (prompt, generator) candidate set(s) added, "
-               f"{report.present} already present, {len(report.refused)} shard(s) refused in {report.seconds:.1f}s "
-               f"-> {index_dir}", err=True)
-    if report.refused:
-        sys.exit(1)
-
-
-@main.command()
-@click.argument("staging", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@_index_option
-@_config_option
-@_device_option
-@_progress_option
-@_threads_option
-def ingest(staging, index, config, device, progress, threads):
-    """Commit the candidate shards in STAGING (from `rindex build --ray --no-ingest`) into the index.
-
-    Idempotent and resumable; a shard whose namespace is not this configuration's (another embedder, generator
-    settings, seeds or γ) is refused and named, the others are committed (exit 1 when any was refused).
-    """
-    config = _configured(config, threads)
-    from .scale.ingest import ingest_staging
-
-    try:
-        with _engine(config, index, device) as engine:
-            report = ingest_staging(engine, staging, progress=_show_progress(progress))
-    except RindexError as exc:
-        _fail(exc)
-    _report_ingest(report, engine.index_dir)
-
-
-@main.group()
-def snapshot() -> None:
-    """Read-only copies of an index for serving replicas (README: Scale-out)."""
-
-
-@snapshot.command("export")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@_index_option
-@_config_option
-@click.option("--keep", type=click.IntRange(min=1), default=None, help="Keep only the newest N snapshots in DIRECTORY.")
-@_threads_option
-def snapshot_export(directory, index, config, keep, threads):
-    """Write a consistent, compact snapshot of the index into the snapshot set DIRECTORY (`rindex serve --index
-    DIRECTORY` serves the newest complete one and swaps to newer ones); prints its path."""
-    config = _configured(config, threads)
-    from .serving.snapshots import export_snapshot
-    from .store.export import read_manifest
-
-    try:
-        with _engine(config, index, "cpu", readonly=True) as engine:
-            path = export_snapshot(engine, directory, keep=keep)
-        manifest = read_manifest(path)
-    except (RindexError, OSError) as exc:
-        _fail(exc)
-    size = sum(f["bytes"] for f in manifest["files"].values())
-    click.echo(f"snapshot {manifest['snapshot_id']}: {len(manifest['files'])} file(s), {size / 1e6:.1f} MB", err=True)
-    click.echo(str(path))
-
-
-@snapshot.command("verify")
-@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
-def snapshot_verify(directory):
-    """Check an exported snapshot's files against its manifest (exit 1 when any differs)."""
-    from .store.export import read_manifest, verify_files
-
-    try:
-        problems = verify_files(directory)
-        manifest = read_manifest(directory)
-    except RindexError as exc:
-        _fail(exc)
-    for line in problems:
-        click.echo(f"rindex: {directory}: {line}", err=True)
-    click.echo(f"snapshot {manifest['snapshot_id']}: {len(manifest['files'])} file(s), "
-               f"{'intact' if not problems else f'{len(problems)} problem(s)'}", err=True)
-    sys.exit(1 if problems else 0)
 
 
 def _write_results(results, fmt: str, truth: dict[str, str] | None) -> None:
