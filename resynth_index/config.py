@@ -11,6 +11,8 @@ Example (every key, with its default unless marked)::
     [resynthesis]
     gamma = 1                       # candidates per generator per prompt, 1..256 (1 keeps the default build under 3 min)
     seed_base = 0                   # shifts every candidate seed (they are derived from the prompt)
+    degraded_copies = 8             # degraded copies (JPEG, blur, down-and-up resize) of each candidate embedded
+                                    # for the generator prototypes, so they hold on re-encoded images; 0 = none
 
     [embedder]
     kind = "efficientnet-lite0"     # or "open_clip"
@@ -150,12 +152,15 @@ DEFAULT_INDEX_DIR = "cache"
 #: The most candidates per generator per prompt (``resynthesis.gamma``). Candidate seeds are consecutive from a
 #: prompt-derived start spaced 2**8 apart, so more than 256 would let two prompts' seed ranges overlap.
 MAX_GAMMA = 256
+#: The most degraded copies per candidate (``resynthesis.degraded_copies``; each costs one embedding at build time).
+MAX_DEGRADED_COPIES = 16
 
 
 @dataclass(frozen=True)
 class ResynthesisConfig:
     gamma: int = 1
     seed_base: int = 0
+    degraded_copies: int = 8
 
 
 @dataclass(frozen=True)
@@ -457,8 +462,8 @@ _POSITIVE = {
 #: Most CPU threads the ``threads`` key accepts (0 = automatic; see devices.apply_thread_policy).
 MAX_THREADS = 4096
 
-_RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "threads": (0, MAX_THREADS), "scoring.prototype_weight": (0, 1),
-           "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
+_RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "resynthesis.degraded_copies": (0, MAX_DEGRADED_COPIES),
+           "threads": (0, MAX_THREADS), "scoring.prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
            "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 
 

@@ -42,7 +42,8 @@ from ..provenance import GeneratorNames
 from ..store.keys import normalize_prompt
 from . import provenance_step, query
 from .loaded import LoadedModels
-from .resynthesis import PACKAGED_PROMPTS, candidate_seeds, read_prompt_file, resynthesize_missing
+from .resynthesis import (PACKAGED_PROMPTS, candidate_seeds, degraded_namespaces, read_prompt_file,
+                          resynthesize_missing)
 from .results import Attribution, BuildReport, Evidence
 
 if TYPE_CHECKING:
@@ -374,7 +375,7 @@ class Attributor:
             provenance_step.replay_stated(batch.results, batch.images, provs, self.config, runnable=self.runnable,
                                           load=self.generator)
         query.invert_and_look_up(batch, inverter=self.inverter if ns else None, embedder=self.embedder,
-                                 cache=cache, namespaces=ns)
+                                 cache=cache, namespaces=ns, output_size=self.query_size())
         if resynthesize:
             misses = query.misses_within_budget(batch, budget=resynthesis_budget,
                                                 seconds_per_prompt=self.resynthesis_seconds_per_prompt)
@@ -397,11 +398,23 @@ class Attributor:
         stored = self.cache.namespaces()
         return sum(stored[n]["vectors"] for n in set(self.namespaces.values()) if n in stored)
 
+    def query_size(self) -> tuple[int, int] | None:
+        """(width, height) a smaller query is enlarged to before embedding: the smallest output size among the
+        runnable generators whose size the config or zoo states, when degraded copies (which include
+        rescaled ones) are embedded; None otherwise."""
+        from ..images.degrade import smallest_output
+        from ..models.generators import resynthesis_call
+
+        if not self.config.resynthesis.degraded_copies:
+            return None
+        calls = [resynthesis_call(g) for g in self.config.generators if g.name in self.namespaces]
+        return smallest_output([(c["width"], c["height"]) for c in calls if c["width"] and c["height"]])
+
     def prototypes(self) -> Prototypes | None:
         """Each generator's whitened class mean over its cached candidates
         (:mod:`~resynth_index.attribution.prototypes`), refitted when the cache has grown by a tenth; None when
         ``scoring.prototype_weight`` is 0 or some generator has too few candidates."""
-        from .prototypes import MAX_PER_GENERATOR, fit_prototypes
+        from .prototypes import fit_prototypes, stored_candidates
 
         ns = self.namespaces
         if self.config.scoring.prototype_weight <= 0 or not ns:
@@ -409,7 +422,8 @@ class Attributor:
         vectors = self._stored_vectors()
         fitted = self._prototypes
         if fitted is None or vectors > fitted[0] * 1.1 or vectors < fitted[0]:
-            per_generator = {g: [c.vector for c in self.cache.sample(n, MAX_PER_GENERATOR)] for g, n in ns.items()}
+            stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns))
+            per_generator = {g: [c.vector for c in clean + degraded] for g, (clean, degraded) in stored.items()}
             self._prototypes = fitted = (vectors, fit_prototypes(per_generator))
         return fitted[1]
 
@@ -426,7 +440,8 @@ class Attributor:
         vectors = self._stored_vectors()
         cal = self._open_set
         if cal is None or vectors > cal.vectors * 1.1 or vectors < cal.vectors:
-            cal = self._open_set = calibrate_open_set(self.cache, ns, sc)
+            cal = self._open_set = calibrate_open_set(self.cache, ns, sc,
+                                                      degraded_namespaces(self.config.resynthesis, ns))
         return cal
 
     @property

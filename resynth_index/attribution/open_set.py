@@ -21,6 +21,7 @@ upper bound for queries made under other settings or transformed; ``rindex eval`
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -77,25 +78,34 @@ def _threshold_at_fpr(negatives: np.ndarray, fpr: float) -> float:
     return float(np.nextafter(neg[allowed], np.inf))
 
 
-def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig, *,
-                     per_generator: int = SAMPLES_PER_GENERATOR, seed: int = 0) -> list[tuple[str, dict[str, float]]]:
-    """(true generator, per-generator scores) for up to ``per_generator`` of each generator's cached candidates,
-    each scored as a query that the cache has never seen.
+def _fold(prompt: str) -> int:
+    return zlib.crc32(prompt.encode("utf-8")) & 1
 
-    The prototypes are cross-fitted: the candidates are split in two halves, and each half is scored against
+
+def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
+                     degraded: Mapping[str, str] | None = None, *,
+                     per_generator: int = SAMPLES_PER_GENERATOR) -> list[tuple[str, dict[str, float]]]:
+    """(true generator, per-generator scores) for up to ``per_generator`` of each generator's cached candidates
+    and as many of their degraded copies (``degraded``: generator -> their namespace), each scored as a query
+    that the cache has never seen: the threshold must hold for re-encoded and resized queries too.
+
+    The prototypes are cross-fitted: the prompts are split in two halves, and each half is scored against
     prototypes fitted on the other (a whitening fitted on a candidate would flatter it: in a few hundred
     dimensions the within-generator covariance is estimated from few candidates)."""
-    from .prototypes import MAX_PER_GENERATOR, fit_prototypes
+    from .prototypes import fit_prototypes, stored_candidates
 
-    stored = {g: cache.sample(ns, MAX_PER_GENERATOR, seed) for g, ns in namespaces.items()}
+    stored = stored_candidates(cache, namespaces, degraded)
     use_prototypes = scoring.prototype_weight > 0
     rows: list[tuple[str, dict[str, float]]] = []
     k = scoring.unrestricted_k
+    half = (per_generator + 1) // 2
     for fold in (0, 1):
-        prototypes = (fit_prototypes({g: [c.vector for j, c in enumerate(cs) if j % 2 != fold]
-                                      for g, cs in stored.items()}) if use_prototypes else None)
+        prototypes = (fit_prototypes({g: [c.vector for c in clean + degraded if _fold(c.prompt) != fold]
+                                      for g, (clean, degraded) in stored.items()}) if use_prototypes else None)
         for g in namespaces:
-            sample = [c for j, c in enumerate(stored[g]) if j % 2 == fold][: (per_generator + 1) // 2]
+            clean, degraded = stored[g]
+            sample = ([c for c in clean if _fold(c.prompt) == fold][:half]
+                      + [c for c in degraded if _fold(c.prompt) == fold][:half])
             if not sample:
                 continue
             vectors = np.stack([c.vector for c in sample])
@@ -117,8 +127,9 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
     return rows
 
 
-def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig, *,
-                       per_generator: int = SAMPLES_PER_GENERATOR, seed: int = 0) -> OpenSetCalibration:
+def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
+                       degraded: Mapping[str, str] | None = None, *,
+                       per_generator: int = SAMPLES_PER_GENERATOR) -> OpenSetCalibration:
     """Leave-one-generator-out calibration of the ``unknown`` threshold over the cached candidates."""
     fpr = scoring.target_fpr
     stats = cache.namespaces()
@@ -128,7 +139,7 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note=f"needs two or more generators with {MIN_SAMPLES}+ cached candidates each "
                                        f"(have {counts}); build more prompts")
-    rows = candidate_scores(cache, namespaces, scoring, per_generator=per_generator, seed=seed)
+    rows = candidate_scores(cache, namespaces, scoring, degraded, per_generator=per_generator)
     if len({t for t, _ in rows}) < 2:
         # scoring.mode = "restricted" with no prototypes: a candidate has no evidence but its own prompt's
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,

@@ -18,8 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..store.cache import CandidateCache
+    from ..store.lookup import StoredCandidate
 
 #: candidates per generator read into the fit (a fixed-seed sample beyond this)
 MAX_PER_GENERATOR = 20_000
@@ -76,4 +81,13 @@ def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = S
     return Prototypes(mean, whiten, sums, {g: len(v) for g, v in data.items()}, len(everything))
 
 
-__all__ = ["MIN_PER_GENERATOR", "Prototypes", "fit_prototypes"]
+def stored_candidates(cache: CandidateCache, namespaces: Mapping[str, str], degraded: Mapping[str, str] | None = None,
+                      limit: int = MAX_PER_GENERATOR) -> dict[str, tuple[list[StoredCandidate], list[StoredCandidate]]]:
+    """Per generator: a fixed-seed sample of up to ``limit`` of its cached candidates, and of their degraded
+    copies (``degraded``: generator -> the copies' namespace; none when absent or never built)."""
+    degraded = degraded or {}
+    return {g: (cache.sample(ns, limit), cache.sample(degraded[g], limit) if g in degraded else [])
+            for g, ns in namespaces.items()}
+
+
+__all__ = ["MIN_PER_GENERATOR", "Prototypes", "fit_prototypes", "stored_candidates"]

@@ -17,6 +17,7 @@ Model-Agnostic AI-Generated Image Attribution" (CVPR 2026).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from ..config import Config, ScoringConfig
+from ..images.degrade import upscale_to
 from .results import Attribution, Evidence
 from .scoring import UNKNOWN, decide, evidence_scores, fuse
 
@@ -62,9 +64,12 @@ class GatheredEvidence:
 
 
 def invert_and_look_up(batch: QueryBatch, *, inverter: Inverter | None, embedder: Embedder,
-                       cache: CandidateCache | None, namespaces: Mapping[str, str]) -> None:
+                       cache: CandidateCache | None, namespaces: Mapping[str, str],
+                       output_size: tuple[int, int] | None = None) -> None:
     """Invert each image to a prompt, embed it, and look its prompt up in the cache. With no runnable
-    generator (``namespaces`` empty: a gallery-only config) there is nothing to invert or look up.
+    generator (``namespaces`` empty: a gallery-only config) there is nothing to invert or look up. An image
+    smaller than ``output_size`` (the generators' smallest, when the candidates' degraded copies cover
+    rescaling) is enlarged to it first (:func:`~resynth_index.images.degrade.upscale_to`).
 
     Where a stage of the inverter runs the embedder's network (the default label inverter and embedder; the
     CLIP interrogator and an open_clip embedder of the same model), the network runs once per image and both
@@ -73,18 +78,21 @@ def invert_and_look_up(batch: QueryBatch, *, inverter: Inverter | None, embedder
     from ..models.shared_forward import shared_forward
 
     n = len(batch)
+    images = batch.images
+    if output_size is not None:
+        images = [dataclasses.replace(d, image=upscale_to(d.image, output_size)) for d in images]
     shared = shared_forward(inverter, embedder) if namespaces else None
     if shared is not None:
-        done = shared.invert_and_embed(batch.images)
+        done = shared.invert_and_embed(images)
         inversions, batch.vectors = done.inversions, done.embeddings
         per_invert, per_embed = done.invert_seconds / n, done.embed_seconds / n
     else:
         t0 = time.perf_counter()
-        inversions = inverter.invert(batch.images) if namespaces else [None] * n
+        inversions = inverter.invert(images) if namespaces else [None] * n
         per_invert = (time.perf_counter() - t0) / n
 
         t0 = time.perf_counter()
-        batch.vectors = embedder.embed([d.image for d in batch.images])
+        batch.vectors = embedder.embed([d.image for d in images])
         per_embed = (time.perf_counter() - t0) / n
 
     batch.lookups = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
@@ -71,6 +72,21 @@ def cache_namespaces(config: Config, device: torch.device, embedder_id: str) -> 
     }
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One generator's candidates for a list of prompts, embedded."""
+
+    seeds: list[list[int]]  # the γ seeds of each prompt
+    vectors: np.ndarray  # (prompts, γ, dim)
+    #: (prompts, γ x copies, dim): the degraded copies of each candidate, candidate by candidate; None without
+    degraded: np.ndarray | None = None
+
+    def degraded_seeds(self, i: int) -> list[int]:
+        """Prompt ``i``'s seeds as the degraded copies' rows list them (each candidate's seed, once per copy)."""
+        copies = self.degraded.shape[1] // len(self.seeds[i])
+        return [s for s in self.seeds[i] for _ in range(copies)]
+
+
 def generate_candidates(
     name: str,
     prompts: Sequence[str],
@@ -78,15 +94,22 @@ def generate_candidates(
     settings: ResynthesisConfig,
     generator: Callable[[str], Generator],
     embedder: Embedder,
-) -> tuple[list[list[int]], np.ndarray]:
-    """The γ candidate seeds of each prompt and their embeddings ``(len(prompts), γ, dim)`` with generator
-    ``name``: the one path every build takes (local, write-through and the workers of a distributed build), so
-    that the same prompts in the same batch give the same vectors bit for bit wherever they are computed."""
+) -> Candidates:
+    """The γ candidate seeds of each prompt, their embeddings and those of ``settings.degraded_copies`` degraded
+    copies of each (:mod:`~resynth_index.images.degrade`) with generator ``name``: the one path every build
+    takes (local, write-through and the workers of a distributed build), so that the same prompts in the same
+    batch give the same vectors bit for bit wherever they are computed."""
+    from ..images.degrade import degraded_copies
+
     seeds = [candidate_seeds(normalize_prompt(p), settings.gamma, settings.seed_base) for p in prompts]
     pairs = [(p, s) for p, ss in zip(prompts, seeds) for s in ss]
     imgs = generator(name).generate([p for p, _ in pairs], [s for _, s in pairs])
     emb = embedder.embed(imgs)
-    return seeds, emb.reshape(len(prompts), settings.gamma, -1)
+    degraded = None
+    if settings.degraded_copies:
+        copies = [c for im, (_, s) in zip(imgs, pairs) for c in degraded_copies(im, settings.degraded_copies, s)]
+        degraded = embedder.embed(copies).reshape(len(prompts), settings.gamma * settings.degraded_copies, -1)
+    return Candidates(seeds, emb.reshape(len(prompts), settings.gamma, -1), degraded)
 
 
 def resynthesize_missing(
@@ -101,16 +124,35 @@ def resynthesize_missing(
     """Generate, embed and commit (in one batch) the candidates ``prompts`` lack, per generator of
     ``namespaces``; returns the number of images generated. ``generator(name)`` loads a generator on demand."""
     missing = {p: [g for g, ns in namespaces.items() if not cache.contains(p, {g: ns})] for p in prompts}
+    degraded_ns = degraded_namespaces(settings, namespaces)
     entries: dict[str, dict[str, tuple[str, list[int], np.ndarray]]] = defaultdict(dict)
+    degraded: dict[str, dict[str, tuple[str, list[int], np.ndarray]]] = defaultdict(dict)
     images = 0
     for name in namespaces:
         wanted = [p for p, gens in missing.items() if name in gens]
         if not wanted:
             continue
-        seeds, vectors = generate_candidates(name, wanted, settings=settings, generator=generator, embedder=embedder)
-        images += vectors.shape[0] * vectors.shape[1]
-        for p, s, v in zip(wanted, seeds, vectors):
-            entries[p][name] = (namespaces[name], s, v)
+        got = generate_candidates(name, wanted, settings=settings, generator=generator, embedder=embedder)
+        images += got.vectors.shape[0] * got.vectors.shape[1]
+        for i, p in enumerate(wanted):
+            entries[p][name] = (namespaces[name], got.seeds[i], got.vectors[i])
+            if got.degraded is not None:
+                degraded[p][name] = (degraded_ns[name], got.degraded_seeds(i), got.degraded[i])
+    # The degraded copies first: a prompt counts as cached once its candidates are committed, so a crash
+    # between the two commits leaves it to be redone (puts are idempotent), never without its copies.
+    if degraded:
+        cache.put_many(list(degraded.items()))
     if entries:
         cache.put_many(list(entries.items()))
     return images
+
+
+def degraded_namespaces(settings: ResynthesisConfig, namespaces: Mapping[str, str]) -> dict[str, str]:
+    """Generator name -> the namespace of its candidates' degraded copies (which only the generator prototypes
+    read); empty when ``resynthesis.degraded_copies`` is 0."""
+    from ..images.degrade import DEGRADE_RULE
+
+    if not settings.degraded_copies:
+        return {}
+    return {g: namespace_digest({"degraded_copies_of": ns, "copies": settings.degraded_copies, "rule": DEGRADE_RULE})
+            for g, ns in namespaces.items()}

@@ -51,8 +51,8 @@ def restrict_generators(config: Config, names: Sequence[str]) -> Config:
 
 
 def _paper_features(config: Config) -> dict:
-    # The papers compare final-layer features of one network, with no fingerprint, no prototypes and no
-    # calibrated "unknown" (an argmax always names a generator).
+    # The papers compare final-layer features of one network, with no fingerprint, no prototypes (so no
+    # degraded copies) and no calibrated "unknown" (an argmax always names a generator).
     return {
         "embedder": dataclasses.replace(config.embedder, layer=0, fingerprint="none"),
         "scoring": dataclasses.replace(config.scoring, prototype_weight=0.0, open_set=False),
@@ -65,7 +65,7 @@ def regeneration_config(config: Config, gamma: int = 4) -> Config:
     paper = _paper_features(config)
     return dataclasses.replace(
         config,
-        resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma),
+        resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma, degraded_copies=0),
         embedder=paper["embedder"],
         scoring=dataclasses.replace(paper["scoring"], mode="restricted", aggregate="mean", distance="cosine"),
     )
@@ -77,7 +77,7 @@ def resynthesis_config(config: Config) -> Config:
     paper = _paper_features(config)
     return dataclasses.replace(
         config,
-        resynthesis=dataclasses.replace(config.resynthesis, gamma=1),
+        resynthesis=dataclasses.replace(config.resynthesis, gamma=1, degraded_copies=0),
         embedder=paper["embedder"],
         scoring=dataclasses.replace(paper["scoring"], mode="restricted", aggregate="max", distance="euclidean"),
     )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..attribution.resynthesis import candidate_seeds
+from ..attribution.resynthesis import candidate_seeds, degraded_namespaces
 from ..store.keys import normalize_prompt
 from ..store.shards import ShardError, ShardHeader, list_shards, read_header, read_shard
 
@@ -61,6 +61,7 @@ def ingest_staging(engine: Attributor, staging: str | os.PathLike, *, progress: 
     namespaces = dict(engine.namespaces)
     order = {g: i for i, g in enumerate(namespaces)}
     settings = engine.config.resynthesis
+    degraded_ns = degraded_namespaces(settings, namespaces)
     batches: dict[tuple[str, int], list[ShardHeader]] = defaultdict(list)
     for path in list_shards(staging):
         try:
@@ -79,6 +80,7 @@ def ingest_staging(engine: Attributor, staging: str | os.PathLike, *, progress: 
         for key in sorted(batches):
             # Generators in config order, prompts in shard order: the entries a local build commits for a batch.
             entries: dict[str, dict[str, tuple[str, list[int], np.ndarray]]] = defaultdict(dict)
+            degraded: dict[str, dict[str, tuple[str, list[int], np.ndarray]]] = defaultdict(dict)
             for header in sorted(batches[key], key=lambda h: order[h.generator]):
                 bar.update(1)
                 try:
@@ -89,14 +91,22 @@ def ingest_staging(engine: Attributor, staging: str | os.PathLike, *, progress: 
                     continue
                 report.shards += 1
                 g, ns = header.generator, header.namespace
-                for prompt, seeds, vectors in rows:
+                # Degraded copies only feed the prototypes: a shard without them (or with other ones) still
+                # commits its candidates.
+                copies = shard.degraded if header.degraded_namespace == degraded_ns.get(g) else None
+                for i, (prompt, seeds, vectors) in enumerate(rows):
                     if g in entries.get(prompt, ()) or cache.contains(prompt, {g: ns}):
                         report.present += 1
-                    else:
-                        entries[prompt][g] = (ns, seeds, vectors)
-                        report.added += 1
-            if entries:
-                cache.put_many(list(entries.items()), batch_prompts=max(256, len(entries)))  # one transaction
+                        continue
+                    entries[prompt][g] = (ns, seeds, vectors)
+                    report.added += 1
+                    if copies is not None:
+                        degraded[prompt][g] = (header.degraded_namespace,
+                                               [s for s in seeds for _ in range(header.copies)], copies[i])
+            # As in a local build: the degraded copies first, then the candidates, each in one transaction.
+            for part in (degraded, entries):
+                if part:
+                    cache.put_many(list(part.items()), batch_prompts=max(256, len(part)))
     report.seconds = time.perf_counter() - start
     return report
 

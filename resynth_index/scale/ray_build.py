@@ -101,6 +101,7 @@ class CandidateWorker:
         import torch
 
         from ..attribution.loaded import LoadedModels
+        from ..attribution.resynthesis import degraded_namespaces
         from ..devices import apply_thread_policy, resolve_device
 
         apply_thread_policy(config.threads)
@@ -112,6 +113,7 @@ class CandidateWorker:
                 raise RindexError(f"worker on {os.uname().nodename}: namespace of {g!r} is {str(mine.get(g))[:12]}..., "
                                   f"the driver's {ns[:12]}...: install the same resynth-index and weights everywhere")
         self.namespaces = namespaces
+        self.degraded_namespaces = degraded_namespaces(config.resynthesis, namespaces)
         self._torch = torch
 
     def _generator(self, name: str):
@@ -134,11 +136,12 @@ class CandidateWorker:
                 self._generator(g)  # loading is timed apart from computing
                 load = time.perf_counter() - t0
                 t0 += load
-                seeds, vectors = generate_candidates(g, prompts, settings=self.config.resynthesis,
-                                                     generator=self._generator, embedder=self.models.get_embedder())
+                got = generate_candidates(g, prompts, settings=self.config.resynthesis,
+                                          generator=self._generator, embedder=self.models.get_embedder())
                 write_shard(self.staging, generator=g, namespace=self.namespaces[g],
                             embedder=self.models.get_embedder().id, build=self.build, batch=b, prompts=prompts,
-                            seeds=seeds, vectors=vectors)
+                            seeds=got.seeds, vectors=got.vectors, degraded=got.degraded,
+                            degraded_namespace=self.degraded_namespaces.get(g, ""))
             images = len(prompts) * self.config.resynthesis.gamma
             for key, value in (("generator", g), ("batch", b), ("prompts", len(prompts)), ("images", images),
                                ("seconds", time.perf_counter() - t0), ("load_seconds", load),

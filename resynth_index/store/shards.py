@@ -9,7 +9,9 @@ directory (Parquet, never a pickle; every size is checked against what the file 
   normalises and packs it);
 * key-value metadata under ``rindex.shard`` (JSON): format version, generator, namespace, γ, dim, embedder id,
   the build id and batch number (ingest commits batches in build order, so record ids come out as a local
-  build's), the prompt count, and the host and process that wrote it (which worker, for debugging).
+  build's), the prompt count, and the host and process that wrote it (which worker, for debugging);
+* when the build embeds degraded copies of its candidates (``resynthesis.degraded_copies``), a column
+  ``degraded`` (γ x copies x dim float32) and, in the metadata, ``copies`` and ``degraded_namespace``.
 
 Writes are atomic: a temporary file in the same directory, ``fsync``, then ``os.replace``; a reader never sees
 half a shard, and a worker killed mid-write leaves only a ``.tmp`` file, which listings ignore.
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_GAMMA
+from ..config import MAX_DEGRADED_COPIES, MAX_GAMMA
 from ..errors import RindexError, UsageError
 from .keys import is_namespace_digest
 
@@ -66,6 +68,8 @@ class ShardHeader:
     batch: int
     prompts: int
     writer: str
+    copies: int = 0  # degraded copies per candidate (0: the shard has no ``degraded`` column)
+    degraded_namespace: str = ""
 
     @property
     def order(self) -> tuple[str, int]:
@@ -79,6 +83,7 @@ class Shard:
     prompts: list[str]
     seeds: list[list[int]]
     vectors: np.ndarray  # (prompts, γ, dim) float32
+    degraded: np.ndarray | None = None  # (prompts, γ x copies, dim) float32
 
 
 def shard_name(build: str, batch: int, generator: str) -> str:
@@ -97,6 +102,8 @@ def write_shard(
     prompts: Sequence[str],
     seeds: Sequence[Sequence[int]],
     vectors: np.ndarray,
+    degraded: np.ndarray | None = None,
+    degraded_namespace: str = "",
 ) -> Path:
     """Write one shard atomically into ``directory``; returns its path."""
     pa, pq = _pyarrow()
@@ -109,17 +116,24 @@ def write_shard(
         "embedder": embedder, "build": build, "batch": int(batch), "prompts": n,
         "writer": f"{socket.gethostname()}:{os.getpid()}",
     }
-    table = pa.table(
-        {
-            "prompt": pa.array(list(prompts), pa.string()),
-            "generator": pa.array([generator] * n, pa.string()),
-            "namespace": pa.array([namespace] * n, pa.string()),
-            "seeds": pa.array([[int(v) for v in s] for s in seeds], pa.list_(pa.int64())),
-            "vectors": pa.FixedSizeListArray.from_arrays(
-                pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), dim), gamma
-            ),
-        }
-    ).replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
+
+    def matrix(a: np.ndarray, rows: int):
+        return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), pa.float32()), dim), rows)
+
+    columns = {
+        "prompt": pa.array(list(prompts), pa.string()),
+        "generator": pa.array([generator] * n, pa.string()),
+        "namespace": pa.array([namespace] * n, pa.string()),
+        "seeds": pa.array([[int(v) for v in s] for s in seeds], pa.list_(pa.int64())),
+        "vectors": matrix(x, gamma),
+    }
+    if degraded is not None:
+        d = np.ascontiguousarray(degraded, dtype=np.float32)
+        if d.shape[0] != n or d.shape[2] != dim or d.shape[1] % gamma or not is_namespace_digest(degraded_namespace):
+            raise ShardError(f"shard of {generator!r}: degraded copies {d.shape} for vectors {x.shape}")
+        meta.update(copies=d.shape[1] // gamma, degraded_namespace=degraded_namespace)
+        columns["degraded"] = matrix(d, d.shape[1])
+    table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(meta, sort_keys=True).encode()})
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / shard_name(build, batch, generator)
@@ -161,6 +175,7 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
             path=path, generator=str(meta["generator"]), namespace=str(meta["namespace"]), gamma=int(meta["gamma"]),
             dim=int(meta["dim"]), embedder=str(meta["embedder"]), build=str(meta["build"]),
             batch=int(meta["batch"]), prompts=int(meta["prompts"]), writer=str(meta.get("writer", "")),
+            copies=int(meta.get("copies", 0)), degraded_namespace=str(meta.get("degraded_namespace", "")),
         )
         fmt = int(meta["format"])
     except (ValueError, KeyError, TypeError) as exc:
@@ -169,7 +184,10 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
         raise ShardError(f"{path}: shard format {fmt}, this version reads {SHARD_FORMAT}")
     if not is_namespace_digest(header.namespace):
         raise ShardError(f"{path}: namespace {header.namespace!r} is not a namespace digest")
-    if not (1 <= header.gamma <= MAX_GAMMA and 1 <= header.dim <= MAX_DIM and header.prompts >= 0):
+    if header.copies and not is_namespace_digest(header.degraded_namespace):
+        raise ShardError(f"{path}: degraded namespace {header.degraded_namespace!r} is not a namespace digest")
+    if not (1 <= header.gamma <= MAX_GAMMA and 1 <= header.dim <= MAX_DIM and header.prompts >= 0
+            and 0 <= header.copies <= MAX_DEGRADED_COPIES):
         raise ShardError(f"{path}: implausible shape (gamma {header.gamma}, dim {header.dim}, {header.prompts} prompts)")
     return header
 
@@ -188,7 +206,8 @@ def read_shard(path: str | os.PathLike) -> Shard:
     _, pq = _pyarrow()
     header = read_header(path)
     try:
-        table = pq.read_table(path, columns=["prompt", "generator", "namespace", "seeds", "vectors"])
+        table = pq.read_table(path, columns=["prompt", "generator", "namespace", "seeds", "vectors"]
+                              + (["degraded"] if header.copies else []))
         if table.num_rows != header.prompts:
             raise ShardError(f"{path}: {table.num_rows} rows, metadata says {header.prompts}")
         prompts = table.column("prompt").to_pylist()
@@ -201,19 +220,26 @@ def read_shard(path: str | os.PathLike) -> Shard:
         seeds = table.column("seeds").to_pylist()
         if any(s is None or len(s) != header.gamma for s in seeds):
             raise ShardError(f"{path}: every row needs {header.gamma} seeds")
-        col = table.column("vectors").combine_chunks()
-        flat = col.flatten().flatten().to_numpy(zero_copy_only=False)
+        vectors = _matrix(table, "vectors", header, header.gamma)
+        degraded = _matrix(table, "degraded", header, header.gamma * header.copies) if header.copies else None
     except ShardError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise ShardError(f"{path}: unreadable columns ({type(exc).__name__}: {exc})") from None
-    if col.null_count or flat.size != header.prompts * header.gamma * header.dim:
-        raise ShardError(f"{path}: vectors hold {flat.size} numbers, expected "
-                         f"{header.prompts} x {header.gamma} x {header.dim}")
-    vectors = np.asarray(flat, dtype=np.float32).reshape(header.prompts, header.gamma, header.dim)
-    if not np.isfinite(vectors).all():
-        raise ShardError(f"{path}: non-finite vectors")
-    return Shard(header, prompts, [[int(v) for v in s] for s in seeds], vectors)
+    return Shard(header, prompts, [[int(v) for v in s] for s in seeds], vectors, degraded)
+
+
+def _matrix(table, column: str, header: ShardHeader, rows: int) -> np.ndarray:
+    """Column ``column`` as (prompts, rows, dim) float32, checked against the header."""
+    col = table.column(column).combine_chunks()
+    flat = col.flatten().flatten().to_numpy(zero_copy_only=False)
+    if col.null_count or flat.size != header.prompts * rows * header.dim:
+        raise ShardError(f"{header.path}: {column} hold {flat.size} numbers, expected "
+                         f"{header.prompts} x {rows} x {header.dim}")
+    out = np.asarray(flat, dtype=np.float32).reshape(header.prompts, rows, header.dim)
+    if not np.isfinite(out).all():
+        raise ShardError(f"{header.path}: non-finite {column}")
+    return out
 
 
 __all__ = [

@@ -5,10 +5,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from resynth_index import Attributor
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
 from resynth_index.attribution.open_set import MIN_SAMPLES, calibrate_open_set, candidate_scores
+from resynth_index.attribution.resynthesis import degraded_namespaces
 from resynth_index.cli import main
 from resynth_index.evaluation.samples import write_samples
 
@@ -31,8 +33,12 @@ def test_calibration_holds_its_false_positive_rate_on_the_cache(index):
     idx, _ = index
     with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
         cal = engine.open_set_calibration()
-        rows = candidate_scores(engine.cache, engine.namespaces, engine.config.scoring)
-    assert cal.threshold is not None and cal.samples == len(rows) == 2 * MIN_SAMPLES
+        copies = engine.config.resynthesis.degraded_copies
+        rows = candidate_scores(engine.cache, engine.namespaces, engine.config.scoring,
+                                degraded_namespaces(engine.config.resynthesis, engine.namespaces))
+    # every candidate and (up to the sample size) its degraded copies are pseudo-queries: the threshold must
+    # hold for both
+    assert copies and cal.threshold is not None and cal.samples == len(rows) > 2 * MIN_SAMPLES
     assert cal.target_fpr == 0.05 and set(cal.typical) == {"tiny-sd", "tiny-sdxl"}
     # no candidate is its own evidence: a self-match would score exactly 1 for its own generator
     assert all(scores[truth] < 0.99999 for truth, scores in rows)
@@ -96,3 +102,36 @@ def test_restricted_scoring_has_nothing_to_calibrate_and_still_answers(index):
         assert "nothing to calibrate" in engine.open_set_calibration().note
         results = engine.attribute([samples], resynthesize=False)
     assert all(r.ok and r.open_set is None for r in results)
+
+
+def test_degraded_copies_are_cached_beside_the_candidates_and_fitted_into_the_prototypes(index):
+    idx, _ = index
+    with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
+        ns, copies = engine.namespaces, engine.config.resynthesis.degraded_copies
+        degraded = degraded_namespaces(engine.config.resynthesis, ns)
+        stats = engine.cache.namespaces()
+        clean = sum(stats[ns[g]]["vectors"] for g in ns)
+        assert all(stats[degraded[g]]["vectors"] == copies * stats[ns[g]]["vectors"] for g in ns)
+        assert engine.prototypes().vectors == (1 + copies) * clean
+    # The copies feed only the prototypes: turning them off keeps the candidates' namespaces (and the cache).
+    without = {**CONFIG, "resynthesis": {"degraded_copies": 0}}
+    with Attributor(without, index=idx, device="cpu", readonly=True) as engine:
+        assert engine.namespaces == ns and degraded_namespaces(engine.config.resynthesis, ns) == {}
+        assert engine.prototypes().vectors == clean
+
+
+def test_a_small_query_is_compared_at_the_generators_output_size(index):
+    idx, samples = index
+    image = Image.open(next(samples.glob("*.png"))).convert("RGB")
+    assert image.size == (64, 64)
+    small = image.resize((32, 32), Image.BICUBIC)
+    with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
+        assert engine.query_size() == (64, 64)
+        enlarged = small.resize((64, 64), Image.BICUBIC)
+        as_small, as_enlarged = (engine.attribute(im, resynthesize=False)[0] for im in (small, enlarged))
+    assert as_small.scores == pytest.approx(as_enlarged.scores, abs=1e-6)
+    without = {**CONFIG, "resynthesis": {"degraded_copies": 0}}
+    with Attributor(without, index=idx, device="cpu", readonly=True) as engine:
+        assert engine.query_size() is None
+        unscaled = engine.attribute(small, resynthesize=False)[0]
+    assert unscaled.scores != pytest.approx(as_small.scores, abs=1e-3)

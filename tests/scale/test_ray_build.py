@@ -20,7 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from resynth_index import Attributor  # noqa: E402
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
-from resynth_index.attribution.resynthesis import generate_candidates  # noqa: E402
+from resynth_index.attribution.resynthesis import degraded_namespaces, generate_candidates  # noqa: E402
 from resynth_index.cli import main  # noqa: E402
 from resynth_index.store.shards import list_shards, read_header, read_shard, write_shard  # noqa: E402
 
@@ -74,11 +74,14 @@ def _records(index, config):
     out = {}
     with Attributor(config, index=index, device="cpu", readonly=True) as engine:
         ns = engine.namespaces
+        degraded = degraded_namespaces(engine.config.resynthesis, ns)
+        assert degraded.keys() == ns.keys()
         for p in PROMPTS:
-            look = engine.cache.lookup(p, ns)
-            assert look.status == "hit", (p, look.status)
-            for g, c in look.candidates.items():
-                out[p, g] = (c.record_id, c.seeds, c.vectors)
+            for kind, namespaces in (("candidates", ns), ("degraded", degraded)):
+                look = engine.cache.lookup(p, namespaces)
+                assert look.status == "hit", (p, kind, look.status)
+                for g, c in look.candidates.items():
+                    out[p, g, kind] = (c.record_id, c.seeds, c.vectors)
     return out
 
 
@@ -125,10 +128,11 @@ def test_ray_build_matches_local_build_and_survives_a_killed_worker(local_ray, w
     # The shards hold the embedder's float32 output: the same as the local build's code computes in this process.
     with Attributor(config, index=local, device="cpu", readonly=True) as engine:
         first = read_shard(next(p for p in list_shards(staging) if "-b0000000-sd" in p.name))
-        seeds, vectors = generate_candidates("sd", first.prompts, settings=engine.config.resynthesis,
-                                             generator=engine.generator, embedder=engine.embedder)
-        assert first.prompts == PROMPTS[:1] and first.seeds == seeds
-        assert np.array_equal(first.vectors, vectors)
+        got = generate_candidates("sd", first.prompts, settings=engine.config.resynthesis,
+                                  generator=engine.generator, embedder=engine.embedder)
+        assert first.prompts == PROMPTS[:1] and first.seeds == got.seeds
+        assert np.array_equal(first.vectors, got.vectors) and np.array_equal(first.degraded, got.degraded)
+        assert first.header.copies == engine.config.resynthesis.degraded_copies == 8
 
     # Ingest again: nothing added, nothing changed.
     before = _records(index, config)
@@ -180,6 +184,24 @@ def test_ingest_refuses_foreign_and_broken_shards(world):
     with Attributor(config, index=index, device="cpu", readonly=True) as engine:
         assert all(engine.cache.contains(p, {"sd": ns["sd"]}) for p in PROMPTS[:2])
         assert not engine.cache.contains(PROMPTS[0], {"sd": foreign_ns})
+
+
+def test_a_shard_carries_the_degraded_copies_checked_against_its_candidates(tmp_path):
+    from resynth_index.store.shards import ShardError
+
+    rng = np.random.default_rng(0)
+    vectors, copies = rng.standard_normal((2, 1, 8)), rng.standard_normal((2, 3, 8))
+    common = dict(generator="sd", namespace="a" * 64, embedder="e", build="t", prompts=["p", "q"], seeds=[[1], [2]],
+                  vectors=vectors)
+    path = write_shard(tmp_path, batch=0, degraded=copies, degraded_namespace="b" * 64, **common)
+    shard = read_shard(path)
+    assert shard.header.copies == 3 and shard.header.degraded_namespace == "b" * 64
+    assert np.array_equal(shard.degraded, copies.astype(np.float32))
+    assert read_shard(write_shard(tmp_path, batch=1, **common)).degraded is None  # copies are optional
+    with pytest.raises(ShardError, match="degraded copies"):
+        write_shard(tmp_path, batch=2, degraded=copies[:1], degraded_namespace="b" * 64, **common)
+    with pytest.raises(ShardError, match="degraded copies"):
+        write_shard(tmp_path, batch=3, degraded=copies, degraded_namespace="not a digest", **common)
 
 
 def test_ray_option_says_how_to_install_ray_when_it_is_missing(tmp_path):

@@ -1,0 +1,86 @@
+"""Degraded copies of candidates, and the size a query is brought to before it is embedded.
+
+Candidates are generated clean, but queries reach a moderation team re-encoded, resized and smoothed, and that
+destroys the fine texture by which fine-tunes of one base model differ. The generator prototypes are therefore
+fitted on each candidate *and* a few degraded copies of it: the pooled within-generator covariance then holds
+the variation that degradation causes, and the whitening weighs down exactly the directions that degradation
+moves (the usual way to make a linear discriminant invariant to a nuisance: put the nuisance in the
+within-class scatter). On the hard benchmark this took top-1 under resize x0.5 and blur from about 40% to 90%,
+with clean accuracy unchanged or better (README "Measured results").
+
+A copy is one of three families, in turn, with a random strength drawn from a fixed-seed generator seeded by
+the candidate's own seed (so a build is reproducible bit for bit, and the same on every worker):
+
+* JPEG at quality 40-95;
+* Gaussian blur, sigma 0.3-2.0 px;
+* downscale by 0.3-0.9 and back up to the original size (bicubic), which is what a resized query looks like
+  once :func:`upscale_to` has brought it back to the generators' output size.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+#: Bumped whenever a family or a range changes (it is part of the degraded copies' cache namespace).
+DEGRADE_RULE = "degrade-v1"
+FAMILIES = ("jpeg", "blur", "rescale")
+JPEG_QUALITY = (40, 95)
+BLUR_SIGMA = (0.3, 2.0)
+RESCALE_FACTOR = (0.3, 0.9)
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    out = Image.open(io.BytesIO(buf.getvalue()))
+    out.load()
+    return out.convert("RGB")
+
+
+def degrade(image: Image.Image, family: str, strength: float) -> Image.Image:
+    """One degraded copy; ``strength`` in [0, 1] picks the point in the family's range (1 = strongest)."""
+    image, strength = image.convert("RGB"), float(strength)
+    if family == "jpeg":
+        hi, lo = JPEG_QUALITY[1], JPEG_QUALITY[0]
+        return _jpeg(image, int(round(hi - strength * (hi - lo))))
+    if family == "blur":
+        return image.filter(ImageFilter.GaussianBlur(BLUR_SIGMA[0] + strength * (BLUR_SIGMA[1] - BLUR_SIGMA[0])))
+    if family == "rescale":
+        factor = RESCALE_FACTOR[1] - strength * (RESCALE_FACTOR[1] - RESCALE_FACTOR[0])
+        w, h = image.size
+        small = image.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC)
+        return small.resize((w, h), Image.BICUBIC)
+    raise ValueError(f"unknown degradation family {family!r}")
+
+
+def degraded_copies(image: Image.Image, copies: int, seed: int) -> list[Image.Image]:
+    """``copies`` degraded copies of one candidate: the families in turn (starting at one the seed picks),
+    strengths drawn from a generator seeded by ``seed``."""
+    rng = np.random.default_rng(int(seed) & (2**63 - 1))
+    start = int(seed) % len(FAMILIES)
+    return [degrade(image, FAMILIES[(start + k) % len(FAMILIES)], float(rng.random())) for k in range(copies)]
+
+
+def upscale_to(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """``image`` enlarged (bicubic, aspect kept) until it covers ``size`` = (width, height) in one dimension,
+    when it is smaller than that in both; otherwise unchanged. Candidates are embedded at the generators' output
+    size, so a downscaled query is compared at that scale too."""
+    if size is None:
+        return image
+    w, h = image.size
+    scale = min(size[0] / w, size[1] / h)
+    if scale <= 1.0:
+        return image
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+
+
+def smallest_output(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The smallest (by area) of the generators' output sizes (width, height); None when there are none."""
+    return min(sizes, key=lambda wh: wh[0] * wh[1]) if sizes else None
+
+
+__all__ = ["DEGRADE_RULE", "FAMILIES", "degrade", "degraded_copies", "smallest_output", "upscale_to"]
