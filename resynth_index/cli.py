@@ -399,8 +399,9 @@ def _int_list(ctx, param, value):
 @click.option("--held-out", default="auto", show_default=True,
               help="Generators benchmarked but not indexed (open set): names, 'none', or 'auto' (the last one "
                    "when 3 or more are configured).")
-@click.option("--build-limit", type=click.IntRange(min=0), default=24, show_default=True,
-              help="Packaged prompts precomputed into each index that scores against the whole index.")
+@click.option("--build-limit", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Prompts of the build list precomputed into each index that scores against the whole index; "
+                   "0 = all of them, as 'rindex build' does (the prototypes and the open set learn from them).")
 @click.option("--shots", callback=_int_list, default="1,5,10", show_default=True, help="Few-shot gallery sizes.")
 @click.option("--baselines", default="regeneration,resynthesis,fewshot", show_default=True,
               help="Baselines to run beside ours (comma list, or 'none'): regeneration (Li, Qian, Zhang), "

@@ -50,9 +50,9 @@ Example (every key, with its default unless marked)::
     temperature = 0.05              # softmax aggregation temperature
     unknown_threshold = -inf        # best score below this -> "unknown" (-inf: use the open-set calibration)
     unknown_margin = 0.0            # best minus runner-up below this -> "unknown"
-    open_set = false                # true: "unknown" below the threshold calibrated on the cache itself
-                                    # (leave-one-generator-out over cached candidates; README "Open set");
-                                    # false: the calibration is only reported (re-encoded queries fall below it)
+    open_set = true                 # "unknown" below the threshold calibrated on the cache itself (leave one
+                                    # generator out over cached candidates and their degraded copies; README
+                                    # "Open set"); false: the calibration is only reported
     target_fpr = 0.05               # rate of unknown-generator images that calibration lets through
     min_tpr = 0.9                   # ... but never rejecting more than 1 - min_tpr of indexed generators' own images
     prototype_weight = 0.5          # weight of the generator prototypes (whitened class means of all cached
@@ -203,7 +203,7 @@ class ScoringConfig:
     temperature: float = 0.05
     unknown_threshold: float = float("-inf")
     unknown_margin: float = 0.0
-    open_set: bool = False
+    open_set: bool = True
     target_fpr: float = 0.05
     min_tpr: float = 0.9
     prototype_weight: float = 0.5

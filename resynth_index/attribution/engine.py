@@ -460,6 +460,16 @@ class Attributor:
         info = dict(self.cache.info())
         info["index"] = str(self.index_dir)
         info["config_namespaces"] = dict(self.namespaces)
+        # Degraded copies (what the prototypes and the open set are also fitted on) are counted apart from the
+        # candidates they were made from.
+        degraded = info["degraded_namespaces"] = degraded_namespaces(self.config.resynthesis, self.namespaces)
+        copies = {ns: st["vectors"] for ns, st in info["namespaces"].items() if ns in set(degraded.values())}
+        for g, ns in degraded.items():
+            if ns in copies:
+                info["vectors_per_generator"][g] -= copies[ns]
+                info["vectors"] -= copies[ns]
+        info["degraded_copies_per_generator"] = {g: copies.get(ns, 0) for g, ns in degraded.items()}
+        info["query_size"] = self.query_size()
         # How each runnable generator resynthesizes (computed from the settings: no pipeline is loaded).
         info["generator_calls"] = {
             g.name: {"source": g.source, **resynthesis_call(g)} for g in self.config.generators if g.source.strip()

@@ -104,8 +104,10 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
                                       for g, (clean, degraded) in stored.items()}) if use_prototypes else None)
         for g in namespaces:
             clean, degraded = stored[g]
+            degraded = [c for c in degraded if _fold(c.prompt) == fold]
+            # spread over as many prompts (and degradation families) as the sample allows
             sample = ([c for c in clean if _fold(c.prompt) == fold][:half]
-                      + [c for c in degraded if _fold(c.prompt) == fold][:half])
+                      + degraded[:: max(1, len(degraded) // half)][:half])
             if not sample:
                 continue
             vectors = np.stack([c.vector for c in sample])

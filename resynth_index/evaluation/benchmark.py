@@ -72,7 +72,7 @@ class EvalOptions:
     transforms: str | Sequence[Transform] | None = "all"
     gammas: Sequence[int] = (1, 2, 4)
     held_out: Sequence[str] | str | None = "auto"  # "auto": the last generator when 3 or more are configured
-    build_limit: int = 24  # packaged prompts precomputed into every index whose scoring uses the whole index
+    build_limit: int = 0  # build-list prompts precomputed into every index that reads the whole index; 0 = all
     shots: Sequence[int] = (1, 5, 10)
     baselines: Sequence[str] = BASELINES  # names from baselines.BASELINES (or their old aliases)
     regeneration_gamma: int = 4
@@ -353,7 +353,7 @@ def run_evaluation(
     conditions: dict[str, list[Image.Image]] = {CLEAN: images}
     for t in transforms:
         conditions[t.label] = _transformed(images, t)
-    build_prompts = read_prompt_file(config.build.prompts or PACKAGED_PROMPTS)[: opts.build_limit] if opts.build_limit else []
+    build_prompts = read_prompt_file(config.build.prompts or PACKAGED_PROMPTS)[: opts.build_limit or None]
 
     result: dict[str, Any] = {
         "benchmark": {"suite": "hard" if flags else "custom" if opts.benchmark else "zoo", "manifest": str(manifest), "queries": len(items), "per_generator": opts.per_generator,

@@ -122,7 +122,9 @@ def test_cli_bad_inputs_each_get_a_line_and_exit_1(built, tmp_path):
         if must_fail:
             assert "error" in d and name in d["error"], d
         else:
-            assert "error" not in d and d["prediction"] in ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart"), d
+            # decodable odd files are attributed (hand-made pictures, so the open set may call them unknown)
+            assert "error" not in d and d["prediction"] in ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart",
+                                                             "unknown"), d
             assert d["cache"] in ("hit", "near", "miss") and d["prompt"]
 
 
@@ -145,6 +147,12 @@ def test_cli_table_with_manifest_and_info(built):
     data = json.loads(info.stdout)
     assert data["prompts"] >= len(BUILD_PROMPTS)
     assert set(data["config_namespaces"]) == {"tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart"}
+    assert set(data["degraded_namespaces"]) == set(data["config_namespaces"]) and data["query_size"] == [64, 64]
+    # the degraded copies were built beside the candidates: 8 per candidate
+    stored = {ns: st["vectors"] for ns, st in data["namespaces"].items()}
+    assert all(stored[data["degraded_namespaces"][g]] == 8 * stored[ns] for g, ns in data["config_namespaces"].items())
+    assert data["degraded_copies_per_generator"] == {g: 8 * n for g, n in data["vectors_per_generator"].items()}
+    assert data["vectors"] == sum(data["vectors_per_generator"].values())  # the copies are counted apart
 
 
 def test_cli_usage_errors_exit_2(tmp_path):

@@ -70,7 +70,9 @@ def test_explicit_threshold_wins_and_open_set_can_be_turned_off(index):
     with Attributor(strict, index=idx, device="cpu", readonly=True) as engine:
         results = engine.attribute([samples], resynthesize=False)
     assert all(r.prediction == "unknown" and r.decided_by == "open_set" and r.open_set is None for r in results)
-    off = {"generators": GENERATORS}  # the default: calibrated and reported, never deciding
+    off = {"generators": GENERATORS, "scoring": {"open_set": False}}  # calibrated and reported, never deciding
+    with Attributor({"generators": GENERATORS}, index=idx, device="cpu", readonly=True) as engine:
+        assert engine.config.scoring.open_set  # on by default
     with Attributor(off, index=idx, device="cpu", readonly=True) as engine:
         results = engine.attribute([samples], resynthesize=False)
         assert engine.open_set_calibration().threshold is not None
