@@ -423,8 +423,9 @@ class Attributor:
         fitted = self._prototypes
         if fitted is None or vectors > fitted[0] * 1.1 or vectors < fitted[0]:
             stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns))
-            per_generator = {g: [c.vector for c in clean + degraded] for g, (clean, degraded) in stored.items()}
-            self._prototypes = fitted = (vectors, fit_prototypes(per_generator))
+            fit = fit_prototypes({g: [c.vector for c in clean] for g, (clean, _) in stored.items()},
+                                 degraded={g: [c.vector for c in copies] for g, (_, copies) in stored.items()})
+            self._prototypes = fitted = (vectors, fit)
         return fitted[1]
 
     def open_set_calibration(self) -> OpenSetCalibration | None:

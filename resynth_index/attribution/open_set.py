@@ -100,8 +100,10 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
     k = scoring.unrestricted_k
     half = (per_generator + 1) // 2
     for fold in (0, 1):
-        prototypes = (fit_prototypes({g: [c.vector for c in clean + degraded if _fold(c.prompt) != fold]
-                                      for g, (clean, degraded) in stored.items()}) if use_prototypes else None)
+        other_half = {g: ([c.vector for c in clean if _fold(c.prompt) != fold],
+                          [c.vector for c in copies if _fold(c.prompt) != fold]) for g, (clean, copies) in stored.items()}
+        prototypes = (fit_prototypes({g: c for g, (c, _) in other_half.items()},
+                                     degraded={g: d for g, (_, d) in other_half.items()}) if use_prototypes else None)
         for g in namespaces:
             clean, degraded = stored[g]
             degraded = [c for c in degraded if _fold(c.prompt) == fold]

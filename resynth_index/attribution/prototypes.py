@@ -63,12 +63,15 @@ class Prototypes:
         return out
 
 
-def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = SHRINKAGE) -> Prototypes | None:
-    """Fit the whitened class means from each generator's candidate vectors; None when some generator has fewer
-    than :data:`MIN_PER_GENERATOR` candidates or there are fewer than two generators."""
-    data = {g: np.asarray(v, np.float64) for g, v in per_generator.items()}
-    if len(data) < 2 or min(len(v) for v in data.values()) < MIN_PER_GENERATOR:
+def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = SHRINKAGE,
+                   degraded: Mapping[str, np.ndarray] | None = None) -> Prototypes | None:
+    """Fit the whitened class means from each generator's candidate vectors and (``degraded``) the vectors of
+    their degraded copies; None when some generator has fewer than :data:`MIN_PER_GENERATOR` candidates (copies
+    do not count: copies of a few candidates are still a few candidates) or there are fewer than two."""
+    if len(per_generator) < 2 or min(len(v) for v in per_generator.values()) < MIN_PER_GENERATOR:
         return None
+    degraded = degraded or {}
+    data = {g: np.asarray(list(v) + list(degraded.get(g, [])), np.float64) for g, v in per_generator.items()}
     everything = np.concatenate(list(data.values()))
     mean = everything.mean(axis=0)
     within = np.concatenate([v - v.mean(axis=0) for v in data.values()])

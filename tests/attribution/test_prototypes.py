@@ -51,3 +51,13 @@ def test_too_few_candidates_or_one_generator_fit_nothing():
     rng = np.random.default_rng(3)
     assert fit_prototypes({"a": rng.standard_normal((50, 4))}) is None
     assert fit_prototypes({"a": rng.standard_normal((50, 4)), "b": rng.standard_normal((MIN_PER_GENERATOR - 1, 4))}) is None
+
+
+def test_degraded_copies_join_the_fit_but_do_not_count_as_candidates():
+    rng = np.random.default_rng(4)
+    few = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal((30, 4))}
+    copies = {"a": rng.standard_normal((24, 4)), "b": rng.standard_normal((240, 4))}
+    assert fit_prototypes(few, degraded=copies) is None  # 3 candidates and their copies are still 3 candidates
+    a, b = _classes(rng, 20, 1.0)
+    protos = fit_prototypes({"a": a, "b": b}, degraded={"a": a + 0.1, "b": b - 0.1})
+    assert protos.counts == {"a": 40, "b": 40} and protos.vectors == 80

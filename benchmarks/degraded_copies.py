@@ -1,0 +1,55 @@
+"""What the degraded copies cost a build (CPU): the embedded default config built over the same prompts with
+``resynthesis.degraded_copies`` = 0 and = 8, alternating, each into a fresh index. Prints the seconds of each
+variant (min and median over the rounds) and the ratio, measured within this one run (the machine is shared).
+
+Usage: python benchmarks/degraded_copies.py [--prompts 12 --rounds 2 --threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from resynth_index import Attributor  # noqa: E402
+from resynth_index.attribution.resynthesis import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
+
+
+def build_seconds(copies: int, prompts: list[str], threads: int) -> float:
+    with tempfile.TemporaryDirectory() as index:
+        with Attributor({"resynthesis": {"degraded_copies": copies}}, index=index, threads=threads) as engine:
+            for g in engine.runnable:  # loading is not what is measured
+                engine.generator(g)
+            engine.embedder
+            t0 = time.perf_counter()
+            engine.build(prompts, progress=False)
+            return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    prompts = read_prompt_file(PACKAGED_PROMPTS)[: args.prompts]
+    seconds: dict[int, list[float]] = {0: [], 8: []}
+    for _ in range(args.rounds):
+        for copies in seconds:
+            seconds[copies].append(build_seconds(copies, prompts, args.threads))
+    print(f"build of {len(prompts)} prompts x 4 zoo generators, {args.rounds} rounds, {args.threads} thread(s)")
+    print("| degraded copies | min s | median s |")
+    print("|---|---|---|")
+    for copies, s in seconds.items():
+        print(f"| {copies} | {min(s):.1f} | {statistics.median(s):.1f} |")
+    print(f"ratio 8 / 0 (medians): {statistics.median(seconds[8]) / statistics.median(seconds[0]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
