@@ -82,9 +82,13 @@ class Candidates:
     degraded: np.ndarray | None = None
 
     def degraded_seeds(self, i: int) -> list[int]:
-        """Prompt ``i``'s seeds as the degraded copies' rows list them (each candidate's seed, once per copy)."""
-        copies = self.degraded.shape[1] // len(self.seeds[i])
-        return [s for s in self.seeds[i] for _ in range(copies)]
+        """Prompt ``i``'s seeds as its degraded copies' rows list them."""
+        return copy_seeds(self.seeds[i], self.degraded.shape[1] // len(self.seeds[i]))
+
+
+def copy_seeds(seeds: Sequence[int], copies: int) -> list[int]:
+    """The seeds of a record of degraded copies: each candidate's seed, once per copy, candidate by candidate."""
+    return [s for s in seeds for _ in range(copies)]
 
 
 def generate_candidates(

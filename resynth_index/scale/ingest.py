@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..attribution.resynthesis import candidate_seeds, degraded_namespaces
+from ..attribution.resynthesis import candidate_seeds, copy_seeds, degraded_namespaces
 from ..store.keys import normalize_prompt
 from ..store.shards import ShardError, ShardHeader, list_shards, read_header, read_shard
 
@@ -101,8 +101,7 @@ def ingest_staging(engine: Attributor, staging: str | os.PathLike, *, progress: 
                     entries[prompt][g] = (ns, seeds, vectors)
                     report.added += 1
                     if copies is not None:
-                        degraded[prompt][g] = (header.degraded_namespace,
-                                               [s for s in seeds for _ in range(header.copies)], copies[i])
+                        degraded[prompt][g] = (header.degraded_namespace, copy_seeds(seeds, header.copies), copies[i])
             # As in a local build: the degraded copies first, then the candidates, each in one transaction.
             for part in (degraded, entries):
                 if part:
