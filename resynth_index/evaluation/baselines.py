@@ -30,19 +30,16 @@ from ..errors import ConfigError
 from .metrics import condition_metrics, pct, ranked, with_costs
 
 BASELINES = ("regeneration", "resynthesis", "fewshot")
-# The names these baselines had before they were named after their papers: still accepted (``rindex eval
-# --baselines`` is a contract), never shown.
-BASELINE_ALIASES = {"seed002": "regeneration", "seed000": "resynthesis"}
 FEWSHOT_SEED_BASE = 2_000_003  # gallery seeds: far from sample seeds (1_000_003 + ...) and candidate seeds (>= 2**32)
 
 
 def canonical_baselines(names: Iterable[str]) -> tuple[str, ...]:
-    """The baseline names with aliases resolved, in order, each once; an unknown name is a ConfigError."""
-    resolved = [BASELINE_ALIASES.get(n, n) for n in names]
-    unknown = sorted(set(resolved) - set(BASELINES))
+    """The baseline names in order, each once; an unknown name is a ConfigError."""
+    names = list(names)
+    unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ConfigError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
-    return tuple(dict.fromkeys(resolved))
+    return tuple(dict.fromkeys(names))
 
 
 # ------------------------------------------------------------------------------------------------ engine configs

@@ -225,14 +225,14 @@ def test_eval_usage_errors_exit_2(tmp_path):
     bad = rindex("eval", "--out", str(tmp_path / "o"), "--held-out", "no-such-generator")
     assert bad.returncode == 2 and "no-such-generator" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "o" / "hard-benchmark").exists()  # options are checked before anything is built
-    # the old baseline names stay accepted: only the unknown one is named
-    bad = rindex("eval", "--out", str(tmp_path / "o"), "--baselines", "seed002,seed000,fewshot,bogus")
+    # only the unknown baseline is named
+    bad = rindex("eval", "--out", str(tmp_path / "o"), "--baselines", "regeneration,resynthesis,fewshot,bogus")
     assert bad.returncode == 2 and "unknown baseline(s) bogus;" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_old_baseline_names_are_aliases():
-    assert canonical_baselines(["seed002", "seed000", "fewshot"]) == BASELINES == ("regeneration", "resynthesis", "fewshot")
-    assert canonical_baselines(["resynthesis", "seed000"]) == ("resynthesis",)
+def test_baseline_names_are_checked_and_each_runs_once():
+    assert canonical_baselines(["regeneration", "resynthesis", "fewshot"]) == BASELINES
+    assert canonical_baselines(["resynthesis", "resynthesis"]) == ("resynthesis",)
     with pytest.raises(ConfigError, match="nonsense"):
         canonical_baselines(["nonsense"])
 
