@@ -106,6 +106,7 @@ class Attributor:
         self._open_set: OpenSetCalibration | None = None
         self._prototypes: tuple[int, Prototypes | None] | None = None  # (stored vectors when fitted, fit)
         self._generator_names: GeneratorNames | None = None
+        self._query_size: tuple[tuple[int, int] | None] | None = None  # (query_size(),) once worked out
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
         #: running mean of resynthesis seconds per prompt (all generators), for ``resynthesis_budget``
         self.resynthesis_seconds_per_prompt: float | None = None
@@ -405,10 +406,14 @@ class Attributor:
         from ..images.degrade import smallest_output
         from ..models.generators import resynthesis_call
 
-        if not self.config.resynthesis.degraded_copies:
-            return None
-        calls = [resynthesis_call(g) for g in self.config.generators if g.name in self.namespaces]
-        return smallest_output([(c["width"], c["height"]) for c in calls if c["width"] and c["height"]])
+        # Called on every query batch: worked out once (it may read each generator directory's defaults file).
+        if self._query_size is None:
+            size = None
+            if self.config.resynthesis.degraded_copies:
+                calls = [resynthesis_call(g) for g in self.config.generators if g.name in self.namespaces]
+                size = smallest_output([(c["width"], c["height"]) for c in calls if c["width"] and c["height"]])
+            self._query_size = (size,)
+        return self._query_size[0]
 
     def prototypes(self) -> Prototypes | None:
         """Each generator's whitened class mean over its cached candidates
