@@ -131,6 +131,10 @@ Example (every key, with its default unless marked)::
     weight_hashes = ["6ce0161689"]  # A1111 model hashes (10 or 8 hex digits) or full SHA-256 (default: none)
     weights_file = ""               # a single-file checkpoint whose hashes are computed (default: none)
     watermark = ""                  # the invisible watermark its pipeline embeds: sdxl | sd1 | sd2 (default: none)
+
+    [[generators.variants]]         # (default: none) the same model called another way, built as "sd15~1" and
+    steps = 50                      # attributed to "sd15": steps, guidance, height, width, scheduler, call (merged
+    scheduler = "EulerDiscreteScheduler"   # over the generator's); README "Settings variants"
 """
 
 from __future__ import annotations
@@ -347,6 +351,12 @@ class GeneratorSettings:
     signature when it loads; they override the engine's own per-pipeline choices and enter the cache namespace.
     Arguments the engine sets itself (prompt, steps, guidance, size, seeds, output) are refused here.
 
+    ``variant_of`` names the generator this entry is a **settings variant** of: the same model sampled another
+    way (other steps, guidance, scheduler, size or call), built and cached under its own name and namespace, but
+    attributed to ``variant_of``. Variants are written as ``[[generators.variants]]`` tables under their
+    generator (each may set ``steps``, ``guidance``, ``height``, ``width``, ``scheduler`` and ``call``; the rest
+    is the generator's, ``call`` merged over its call) and are named ``NAME~1``, ``NAME~2``, ... in that order.
+
     Provenance (none of these enter the cache namespace): ``aliases`` are the names front ends and manifests
     give this model (A1111 ``Model``, ComfyUI ``ckpt_name``, a C2PA software agent); ``weight_hashes`` its
     A1111 model hashes or SHA-256 digests; ``weights_file`` a single-file checkpoint whose hashes are computed
@@ -369,6 +379,7 @@ class GeneratorSettings:
     weight_hashes: tuple[str, ...] = ()
     weights_file: str = ""
     watermark: str = ""
+    variant_of: str = ""
 
     def __post_init__(self) -> None:
         label = f"generator {self.name!r}" if isinstance(self.name, str) and self.name else "generator"
@@ -400,6 +411,17 @@ class GeneratorSettings:
                 raise ConfigError(f"{label}: '{key}' must be a non-empty string or absent, got {value!r}")
         object.__setattr__(self, "call", _check_call(label, self.call))
 
+    @property
+    def attributed_to(self) -> str:
+        """The name an image this entry resynthesizes is attributed to: its own, or the one it is a variant of."""
+        return self.variant_of or self.name
+
+
+#: keys a ``[[generators.variants]]`` table may set (how the model is called; what it is stays the generator's)
+VARIANT_KEYS = ("steps", "guidance", "height", "width", "scheduler", "call")
+#: provenance keys that name the model itself, so a variant does not repeat them
+_MODEL_IDENTITY_KEYS = ("aliases", "weight_hashes", "weights_file", "watermark")
+
 
 ZOO_DEFAULT_GENERATORS = ("tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart")
 
@@ -428,6 +450,16 @@ class Config:
             if g.name == name:
                 return g
         raise ConfigError(f"no generator named {name!r} (configured: {', '.join(g.name for g in self.generators)})")
+
+    @property
+    def attribution_names(self) -> list[str]:
+        """The names an image can be attributed to: every configured generator but the settings variants."""
+        return [g.name for g in self.generators if not g.variant_of]
+
+    @property
+    def attributed_to(self) -> dict[str, str]:
+        """Generator (variants included) -> the name its images are attributed to."""
+        return {g.name: g.attributed_to for g in self.generators}
 
 
 _CHOICES = {
@@ -548,12 +580,48 @@ def _build_generators(value: Any, origin: str) -> tuple[GeneratorSettings, ...]:
             raise ConfigError(f"{origin}: '{where}' must be a table")
         if not table.get("name"):
             raise ConfigError(f"{origin}: '{where}' needs a 'name'")
+        table = dict(table)
+        variants = table.pop("variants", [])
         gen = _build(GeneratorSettings, table, "generators", origin)
-        if gen.name in seen or gen.name in ("unknown", "real"):
-            raise ConfigError(f"{origin}: generator name {gen.name!r} is duplicated or reserved")
-        seen.add(gen.name)
-        out.append(gen)
+        entries = [gen] + _build_variants(gen, table, variants, origin)
+        for entry in entries:
+            if entry.name in seen or entry.name in ("unknown", "real"):
+                raise ConfigError(f"{origin}: generator name {entry.name!r} is duplicated or reserved")
+            seen.add(entry.name)
+        out.extend(entries)
+    names = {g.name: g for g in out}
+    for g in out:
+        parent = names.get(g.variant_of) if g.variant_of else None
+        if g.variant_of and (parent is None or parent.variant_of or parent is g):
+            raise ConfigError(f"{origin}: generator {g.name!r}: 'variant_of' must name another configured generator "
+                              f"that is not itself a variant, got {g.variant_of!r}")
     return tuple(out)
+
+
+def _build_variants(gen: GeneratorSettings, table: Mapping[str, Any], variants: Any, origin: str) -> list[GeneratorSettings]:
+    """The ``[[generators.variants]]`` of one generator: its table with each variant's keys over it."""
+    where = f"generators.{gen.name}.variants"
+    if not isinstance(variants, list) or not all(isinstance(v, Mapping) for v in variants):
+        raise ConfigError(f"{origin}: '{where}' must be a list of [[generators.variants]] tables")
+    if variants and (gen.variant_of or not gen.source.strip()):
+        raise ConfigError(f"{origin}: '{where}': only a runnable generator (with a source) that is not itself a "
+                          "variant can have variants")
+    out = []
+    for k, variant in enumerate(variants, start=1):
+        unknown = sorted(set(variant) - set(VARIANT_KEYS))
+        if unknown:
+            raise ConfigError(f"{origin}: unknown key '{where}[{k}].{unknown[0]}' (a variant may set: "
+                              f"{', '.join(VARIANT_KEYS)})")
+        merged = {key: v for key, v in table.items() if key not in _MODEL_IDENTITY_KEYS}
+        merged.update({key: v for key, v in variant.items() if key != "call"})
+        merged["call"] = {**table.get("call", {}), **variant.get("call", {})}
+        merged.update(name=f"{gen.name}~{k}", variant_of=gen.name)
+        variant_settings = _build(GeneratorSettings, merged, "generators", origin)
+        if all(getattr(variant_settings, key) == getattr(gen, key) for key in VARIANT_KEYS):
+            raise ConfigError(f"{origin}: '{where}[{k}]' calls {gen.name!r} exactly as its own entry does: a variant "
+                              "must change at least one of " + ", ".join(VARIANT_KEYS))
+        out.append(variant_settings)
+    return out
 
 
 def load_config(source: str | os.PathLike | Mapping[str, Any] | Config | None = None) -> Config:

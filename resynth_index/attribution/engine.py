@@ -185,7 +185,7 @@ class Attributor:
         """Every generator an image can be attributed to: the configured ones and every enrolled gallery."""
         from ..gallery.references import REAL
 
-        names = [g.name for g in self.config.generators]
+        names = self.config.attribution_names
         return names + [g for g in self.gallery.generators() if g != REAL and g not in names]
 
     def enroll(self, name: str, inputs, *, progress: bool = False) -> EnrollReport:
@@ -373,7 +373,9 @@ class Attributor:
         cache = self.cache if ns else None  # open it (and load the prompt embedder) before any stage is timed
         provs = provenance_step.read_batch(batch.results, batch.images, self.config, self.generator_names)
         if resynthesize:  # a replay generates: only where the query may
-            provenance_step.replay_stated(batch.results, batch.images, provs, self.config, runnable=self.runnable,
+            # Replay states its own steps, guidance, size and sampler: a generator's settings variants would repeat it.
+            replayable = [g for g in self.runnable if g in self.config.attribution_names]
+            provenance_step.replay_stated(batch.results, batch.images, provs, self.config, runnable=replayable,
                                           load=self.generator)
         query.invert_and_look_up(batch, inverter=self.inverter if ns else None, embedder=self.embedder,
                                  cache=cache, namespaces=ns, output_size=self.query_size())
@@ -447,14 +449,15 @@ class Attributor:
         cal = self._open_set
         if cal is None or vectors > cal.vectors * 1.1 or vectors < cal.vectors:
             cal = self._open_set = calibrate_open_set(self.cache, ns, sc,
-                                                      degraded_namespaces(self.config.resynthesis, ns))
+                                                      degraded_namespaces(self.config.resynthesis, ns),
+                                                      attributed_to=self.config.attributed_to)
         return cal
 
     @property
     def generator_names(self) -> GeneratorNames:
         """The configured generators' names, aliases and weight hashes, for matching provenance claims."""
         if self._generator_names is None:
-            self._generator_names = GeneratorNames(self.config.generators)
+            self._generator_names = GeneratorNames([g for g in self.config.generators if not g.variant_of])
         return self._generator_names
 
     # ----------------------------------------------------------------- housekeeping
@@ -478,7 +481,8 @@ class Attributor:
         info["query_size"] = self.query_size()
         # How each runnable generator resynthesizes (computed from the settings: no pipeline is loaded).
         info["generator_calls"] = {
-            g.name: {"source": g.source, **resynthesis_call(g)} for g in self.config.generators if g.source.strip()
+            g.name: {"source": g.source, **resynthesis_call(g), **({"variant_of": g.variant_of} if g.variant_of else {})}
+            for g in self.config.generators if g.source.strip()
         }
         info["threads"] = thread_report()
         view = self.gallery_view()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import ScoringConfig
-from .scoring import evidence_scores
+from .scoring import attributed_scores, evidence_scores
 
 if TYPE_CHECKING:
     from ..store.cache import CandidateCache
@@ -83,11 +83,13 @@ def _fold(prompt: str) -> int:
 
 
 def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
-                     degraded: Mapping[str, str] | None = None, *,
+                     degraded: Mapping[str, str] | None = None, *, attributed_to: Mapping[str, str] | None = None,
                      per_generator: int = SAMPLES_PER_GENERATOR) -> list[tuple[str, dict[str, float]]]:
     """(true generator, per-generator scores) for up to ``per_generator`` of each generator's cached candidates
     and as many of their degraded copies (``degraded``: generator -> their namespace), each scored as a query
-    that the cache has never seen: the threshold must hold for re-encoded and resized queries too.
+    that the cache has never seen: the threshold must hold for re-encoded and resized queries too. Settings
+    variants (``attributed_to``: generator -> the name it is attributed to) count as their generator, so that
+    leaving a generator out leaves its variants out too.
 
     The prototypes are cross-fitted: the prompts are split in two halves, and each half is scored against
     prototypes fitted on the other (a whitening fitted on a candidate would flatter it: in a few hundred
@@ -95,6 +97,7 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
     from .prototypes import fit_prototypes, stored_candidates
 
     stored = stored_candidates(cache, namespaces, degraded)
+    names = attributed_to or {}
     use_prototypes = scoring.prototype_weight > 0
     rows: list[tuple[str, dict[str, float]]] = []
     k = scoring.unrestricted_k
@@ -125,16 +128,17 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
                     if sims:
                         unrestricted[h] = np.asarray(sims[:k], np.float32)
                 prototype = prototypes.scores(cand.vector) if prototypes is not None else None
-                scores = evidence_scores({}, unrestricted, prototype, scoring)
-                if g in scores and len(scores) > 1:
-                    rows.append((g, scores))
+                scores = attributed_scores(evidence_scores({}, unrestricted, prototype, scoring), names)
+                if names.get(g, g) in scores and len(scores) > 1:
+                    rows.append((names.get(g, g), scores))
     return rows
 
 
 def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
-                       degraded: Mapping[str, str] | None = None, *,
+                       degraded: Mapping[str, str] | None = None, *, attributed_to: Mapping[str, str] | None = None,
                        per_generator: int = SAMPLES_PER_GENERATOR) -> OpenSetCalibration:
-    """Leave-one-generator-out calibration of the ``unknown`` threshold over the cached candidates."""
+    """Leave-one-generator-out calibration of the ``unknown`` threshold over the cached candidates (settings
+    variants, ``attributed_to``, are left out with their generator)."""
     fpr = scoring.target_fpr
     stats = cache.namespaces()
     vectors = sum(st["vectors"] for ns, st in stats.items() if ns in set(namespaces.values()))
@@ -143,12 +147,14 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note=f"needs two or more generators with {MIN_SAMPLES}+ cached candidates each "
                                        f"(have {counts}); build more prompts")
-    rows = candidate_scores(cache, namespaces, scoring, degraded, per_generator=per_generator)
+    rows = candidate_scores(cache, namespaces, scoring, degraded, attributed_to=attributed_to,
+                            per_generator=per_generator)
     if len({t for t, _ in rows}) < 2:
         # scoring.mode = "restricted" with no prototypes: a candidate has no evidence but its own prompt's
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note="nothing to calibrate on: the scoring reads only the query's own prompt")
-    typical = {g: float(np.median([s[g] for t, s in rows if t == g])) for g in namespaces if any(t == g for t, _ in rows)}
+    labels = dict.fromkeys(t for t, _ in rows)
+    typical = {g: float(np.median([s[g] for t, s in rows if t == g])) for g in labels}
     cal = OpenSetCalibration(fpr, None, None, None, typical, len(rows), vectors)
     known = np.array([cal.relative(s) for _, s in rows])
     never = np.array([cal.relative({h: v for h, v in s.items() if h != t}) for t, s in rows])

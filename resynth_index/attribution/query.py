@@ -27,7 +27,7 @@ import numpy as np
 from ..config import Config, ScoringConfig
 from ..images.degrade import upscale_to
 from .results import Attribution, Evidence
-from .scoring import UNKNOWN, decide, evidence_scores, fuse
+from .scoring import UNKNOWN, attributed_scores, decide, evidence_scores, fuse
 
 if TYPE_CHECKING:
     from ..gallery.matching import GalleryView, QueryGallery
@@ -192,6 +192,7 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
     may turn it into ``real`` or ``unknown``), what decided it and by what margin, and the top ``top_k``
     evidence of each kind per generator."""
     sc, gc = config.scoring, config.gallery
+    attributed_to = config.attributed_to
     for i, (res, lookup) in enumerate(zip(batch.results, batch.lookups)):
         t0 = time.perf_counter()
         qg = evidence.gallery[i]
@@ -206,7 +207,7 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
             for g, (sims, _) in qg.semantic.items():
                 unrestricted[g] = np.concatenate([unrestricted.get(g, np.zeros(0, np.float32)), sims])
         prototype = prototypes.scores(q) if prototypes is not None else None
-        resynthesis_scores = evidence_scores(restricted, unrestricted, prototype, sc)
+        resynthesis_scores = attributed_scores(evidence_scores(restricted, unrestricted, prototype, sc), attributed_to)
         scores = resynthesis_scores
         if qg is not None:
             scores = fuse(scores, {g: s for g, (s, _) in qg.fingerprint.items()}, gc.weight)
@@ -226,7 +227,9 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
                                                                real_gate=gc.real_gate)
             if res.gallery["decided_by"] != "scores":
                 res.decided_by = res.gallery["decided_by"]
-        res.evidence = _evidence(lookup, restricted, evidence.unrestricted, qg, i, top_k)
+        res.evidence = {}
+        for g, items in _evidence(lookup, restricted, evidence.unrestricted, qg, i, top_k).items():
+            res.evidence.setdefault(attributed_to.get(g, g), []).extend(items)  # a variant's under its generator
         res.timings["score"] = evidence.knn_seconds + time.perf_counter() - t0
         if evidence.view is not None:
             res.timings["gallery"] = evidence.gallery_seconds

@@ -33,6 +33,9 @@ with only one of the two is scored on that one (a gallery-only generator with ``
 is scored on its fingerprint alone). The two spaces have different scales, so a weight other than the
 default is best chosen from ``rindex eval``'s fused column.
 
+A generator's settings variants are scored as generators of their own and then folded into it
+(:func:`attributed_scores`: the best of them), before the gallery and the decision.
+
 Decision: the top-scoring generator, or ``"unknown"`` when its score is below ``unknown_threshold`` or its lead
 over the runner-up is below ``unknown_margin``.
 """
@@ -101,6 +104,17 @@ def evidence_scores(restricted: Mapping[str, np.ndarray], unrestricted: Mapping[
     if prototype and cfg.prototype_weight > 0:
         scores = fuse(scores, prototype, cfg.prototype_weight) if scores else dict(prototype)
     return scores
+
+
+def attributed_scores(scores: Mapping[str, float], attributed_to: Mapping[str, str]) -> dict[str, float]:
+    """Per-generator scores with settings variants (config ``[[generators.variants]]``) folded into the generator
+    they are variants of: it scores the best of its own entry and its variants, since any of them may be how
+    the image was made."""
+    out: dict[str, float] = {}
+    for g, s in scores.items():
+        name = attributed_to.get(g, g)
+        out[name] = max(out.get(name, s), s)
+    return out
 
 
 def fuse(scores: Mapping[str, float], fingerprint: Mapping[str, float], weight: float) -> dict[str, float]:

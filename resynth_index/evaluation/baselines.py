@@ -44,7 +44,8 @@ def canonical_baselines(names: Iterable[str]) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------------------ engine configs
 def restrict_generators(config: Config, names: Sequence[str]) -> Config:
-    return dataclasses.replace(config, generators=tuple(g for g in config.generators if g.name in names))
+    """``config`` with only the generators ``names`` (and their settings variants)."""
+    return dataclasses.replace(config, generators=tuple(g for g in config.generators if g.attributed_to in names))
 
 
 def _paper_features(config: Config) -> dict:

@@ -88,7 +88,7 @@ def _log(opts: EvalOptions, msg: str) -> None:
 
 
 def resolve_held_out(config: Config, held_out: Sequence[str] | str | None) -> list[str]:
-    names = [g.name for g in config.generators]
+    names = config.attribution_names
     if held_out in (None, "none", ""):
         return []
     if held_out == "auto":
@@ -151,7 +151,7 @@ def run_engine_variant(
     ``query_flags`` (the hard benchmark's per-query metadata and call flags) adds its figures per condition."""
     from ..attribution.engine import Attributor
 
-    labels = [g.name for g in config.generators]
+    labels = config.attribution_names
     out: dict[str, Any] = {"config": _config_summary(config), "index": str(index_dir), "conditions": {}}
     engine = Attributor(config, index=index_dir, device=device)
     if share_from is not None:
@@ -323,7 +323,7 @@ def run_evaluation(
         if index_dir.exists():  # ours: a fresh index each run, so that timings and hit rates are comparable
             shutil.rmtree(index_dir)
     index_dir = Path(index_dir)
-    labels = [g.name for g in config.generators if g.name not in held_out]
+    labels = [name for name in config.attribution_names if name not in held_out]
     known_config = restrict_generators(config, labels)
 
     # ---- benchmark

@@ -38,7 +38,8 @@ def write_samples(
     outdir.mkdir(parents=True, exist_ok=True)
     prompts = read_prompt_file(SAMPLE_PROMPTS)
     rows = []
-    for gi, g in enumerate(generators or attributor.config.generators):
+    # Settings variants are how a generator may be called, not generators of their own: no samples of theirs.
+    for gi, g in enumerate(generators or [g for g in attributor.config.generators if not g.variant_of]):
         chosen = [prompts[(gi * per_generator + k) % len(prompts)] for k in range(per_generator)]
         seeds = [SAMPLE_SEED_BASE + gi * 1000 + k for k in range(per_generator)]
         gen = attributor.generator(g.name)
