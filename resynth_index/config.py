@@ -28,6 +28,8 @@ Example (every key, with its default unless marked)::
                                     # embedding (fine-tunes differ in texture; README "How it works")
     fingerprint_window = 32         # its patch size (pixels, even, >= 16)
     fingerprint_weight = 0.5        # its share of the cosine, between 0 and 1
+    fingerprint_colour = "mean"     # mean: one spectrum of the RGB residuals | opponent: one each of luminance,
+                                    # red-green, blue-yellow (README "Configuration reference": a trade-off)
 
     [inverter]
     chain = ["metadata", "label"]   # tried in order per image: metadata | label | blip | clip-interrogator
@@ -179,6 +181,7 @@ class EmbedderConfig:
     fingerprint: str = "spectrum"
     fingerprint_window: int = 32
     fingerprint_weight: float = 0.5
+    fingerprint_colour: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -466,6 +469,7 @@ _CHOICES = {
     "embedder.kind": ("efficientnet-lite0", "open_clip"),
     "embedder.runtime": ("auto", "torch", "onnxruntime"),
     "embedder.fingerprint": ("spectrum", "none"),
+    "embedder.fingerprint_colour": ("mean", "opponent"),
     "inverter.chain": ("metadata", "label", "blip", "clip-interrogator"),
     "cache.prompt_embedder": ("minilm", "clip", "none"),
     "scoring.mode": ("restricted", "unrestricted", "both"),

@@ -491,7 +491,7 @@ def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto
     if cfg.fingerprint != "none":
         from .fingerprints import load_fingerprint
 
-        embedder = FingerprintedEmbedder(embedder, load_fingerprint(cfg.fingerprint, window=cfg.fingerprint_window),
-                                         cfg.fingerprint_weight)
+        spectrum = load_fingerprint(cfg.fingerprint, window=cfg.fingerprint_window, colour=cfg.fingerprint_colour)
+        embedder = FingerprintedEmbedder(embedder, spectrum, cfg.fingerprint_weight)
     embedder.share_forward = cfg.share_forward
     return embedder

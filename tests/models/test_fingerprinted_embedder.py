@@ -1,4 +1,5 @@
-"""The default embedding: EfficientNet-Lite0 block 4 joined with a native-resolution residual spectrum."""
+"""The default embedding: EfficientNet-Lite0 block 4 joined with a native-resolution residual spectrum (of the
+RGB mean by default, or one per opponent colour channel)."""
 
 import numpy as np
 import pytest
@@ -52,3 +53,41 @@ def test_fingerprint_keys_are_checked_and_none_keeps_the_plain_embedder():
         load_config({"embedder": {"fingerprint": "bitplanes"}})
     with pytest.raises(ConfigError, match="embedder.fingerprint_window"):
         load_config({"embedder": {"fingerprint_window": 8}})
+
+
+def _noise_image(luminance_seed: int, chroma_seed: int) -> Image.Image:
+    """Grey level noise from one seed plus red-green noise from another (which leaves R+G+B unchanged)."""
+    grey = np.random.default_rng(luminance_seed).normal(128, 20, (64, 64))
+    chroma = np.random.default_rng(chroma_seed).normal(0, 1, (64, 64))
+    chroma = np.repeat(np.repeat(chroma[::4, ::4], 4, 0), 4, 1) * 15  # coarse: another texture than the grey's
+    rgb = np.stack([grey + chroma, grey - chroma, grey], axis=-1)
+    return Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
+
+
+def test_opponent_spectra_keep_the_colour_noise_apart_from_the_brightness_noise():
+    opponent = load_fingerprint("spectrum", window=32, colour="opponent")
+    mean = load_fingerprint("spectrum", window=32)
+    assert mean.id == "spectrum:residual3:w32:p8" and opponent.id == "spectrum:residual3:w32:p8:opponent"
+    assert opponent.dim == 3 * mean.dim
+    plain, other_chroma = _noise_image(1, 2), _noise_image(1, 3)
+    a, b = opponent.extract([plain, other_chroma])
+    blocks = a.reshape(3, -1), b.reshape(3, -1)
+    np.testing.assert_allclose([blk.mean() for blk in blocks[0]], 0.0, atol=1e-6)  # each channel centred
+    # the same brightness noise: the luminance spectra agree closely; other colour noise: red-green moves
+    lum_change = np.abs(blocks[0][0] - blocks[1][0]).mean()
+    chroma_change = np.abs(blocks[0][1] - blocks[1][1]).mean()
+    assert chroma_change > 5 * lum_change
+    # a grey image has no colour noise: its red-green spectrum is flat (all zero once centred)
+    grey = Image.fromarray(np.asarray(plain).mean(axis=2, keepdims=True).repeat(3, 2).astype(np.uint8))
+    assert np.allclose(opponent.extract([grey])[0].reshape(3, -1)[1], 0.0) and blocks[0][1].std() > 0.5
+
+
+def test_the_colour_key_is_checked_and_opponent_is_an_embedding_of_its_own(images):
+    with pytest.raises(ConfigError, match="embedder.fingerprint_colour"):
+        load_config({"embedder": {"fingerprint_colour": "rgb"}})
+    cfg = load_config({"embedder": {"fingerprint_colour": "opponent", "runtime": "torch"}}).embedder
+    emb = embedder_from_config(cfg, device="cpu")
+    assert emb.id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:opponent:w0.5"  # its own namespace
+    assert emb.dim == 80 + 3 * 32 * 17
+    x = emb.embed(images)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
