@@ -391,7 +391,7 @@ def _int_list(ctx, param, value):
 @_device_option
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-report"),
               show_default=True, help="Report directory (report.json, report.md, plots/, index.html, benchmark/).")
-@click.option("--per-generator", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--per-generator", type=click.IntRange(min=1), default=24, show_default=True,
               help="Benchmark images per configured generator.")
 @click.option("--transforms", default="all", show_default=True,
               help="Query transforms: all, none, or a list like 'jpeg:quality=50,blur:sigma=2,greyscale'.")

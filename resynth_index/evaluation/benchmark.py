@@ -56,7 +56,7 @@ from .baselines import (
     with_gamma,
 )
 from .metrics import condition_metrics, generator_ranking_metrics, pct, retrieval_metrics, with_costs
-from .hard import HELD_OUT, build_hard_benchmark, hard_config, hard_metrics, read_query_flags
+from .hard import HELD_OUT, PER_GENERATOR, build_hard_benchmark, hard_config, hard_metrics, read_query_flags
 from .samples import build_benchmark, read_benchmark
 from .transforms import Transform, parse_transforms
 
@@ -68,7 +68,7 @@ class EvalOptions:
     """What ``rindex eval`` measures. The defaults run everything (the hard benchmark, all 17 transforms, the γ
     sweep and every baseline), which takes long on a CPU: fewer transforms and baselines make a quick run."""
 
-    per_generator: int = 8
+    per_generator: int = PER_GENERATOR
     transforms: str | Sequence[Transform] | None = "all"
     gammas: Sequence[int] = (1, 2, 4)
     held_out: Sequence[str] | str | None = "auto"  # "auto": the last generator when 3 or more are configured
