@@ -56,7 +56,7 @@ Example (every key, with its default unless marked)::
                                     # generator out over cached candidates and their degraded copies; README
                                     # "Open set"); false: the calibration is only reported
     target_fpr = 0.05               # rate of unknown-generator images that calibration lets through
-    min_tpr = 0.9                   # ... but never rejecting more than 1 - min_tpr of indexed generators' own images
+    min_tpr = 0.99                  # ... but never rejecting more than 1 - min_tpr of indexed generators' own images
     prototype_weight = 0.5          # weight of the generator prototypes (whitened class means of all cached
                                     # candidates; README "How it works"); 0 = off, 1 = prototypes alone
 
@@ -212,7 +212,7 @@ class ScoringConfig:
     unknown_margin: float = 0.0
     open_set: bool = True
     target_fpr: float = 0.05
-    min_tpr: float = 0.9
+    min_tpr: float = 0.99
     prototype_weight: float = 0.5
 
 

@@ -106,7 +106,7 @@ class Attributor:
         self._open_set: OpenSetCalibration | None = None
         self._prototypes: tuple[int, Prototypes | None] | None = None  # (stored vectors when fitted, fit)
         self._generator_names: GeneratorNames | None = None
-        self._query_size: tuple[tuple[int, int] | None] | None = None  # (query_size(),) once worked out
+        self._query_size: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None  # once worked out
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
         #: running mean of resynthesis seconds per prompt (all generators), for ``resynthesis_budget``
         self.resynthesis_seconds_per_prompt: float | None = None
@@ -378,7 +378,8 @@ class Attributor:
             provenance_step.replay_stated(batch.results, batch.images, provs, self.config, runnable=replayable,
                                           load=self.generator)
         query.invert_and_look_up(batch, inverter=self.inverter if ns else None, embedder=self.embedder,
-                                 cache=cache, namespaces=ns, output_size=self.query_size())
+                                 cache=cache, namespaces=ns, output_size=self.query_size(),
+                                 max_size=self.query_max_size())
         if resynthesize:
             misses = query.misses_within_budget(batch, budget=resynthesis_budget,
                                                 seconds_per_prompt=self.resynthesis_seconds_per_prompt)
@@ -405,17 +406,25 @@ class Attributor:
         """(width, height) a smaller query is enlarged to before embedding: the smallest output size among the
         runnable generators whose size the config or zoo states, when degraded copies (which include
         rescaled ones) are embedded; None otherwise."""
-        from ..images.degrade import smallest_output
+        return self._query_sizes()[0]
+
+    def query_max_size(self) -> tuple[int, int] | None:
+        """(width, height) a larger query is reduced to before embedding: the largest such output size (None as
+        for :meth:`query_size`)."""
+        return self._query_sizes()[1]
+
+    def _query_sizes(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        from ..images.degrade import largest_output, smallest_output
         from ..models.generators import resynthesis_call
 
         # Called on every query batch: worked out once (it may read each generator directory's defaults file).
         if self._query_size is None:
-            size = None
+            sizes: list[tuple[int, int]] = []
             if self.config.resynthesis.degraded_copies:
                 calls = [resynthesis_call(g) for g in self.config.generators if g.name in self.namespaces]
-                size = smallest_output([(c["width"], c["height"]) for c in calls if c["width"] and c["height"]])
-            self._query_size = (size,)
-        return self._query_size[0]
+                sizes = [(c["width"], c["height"]) for c in calls if c["width"] and c["height"]]
+            self._query_size = (smallest_output(sizes), largest_output(sizes))
+        return self._query_size
 
     def prototypes(self) -> Prototypes | None:
         """Each generator's whitened class mean over its cached candidates
@@ -478,7 +487,7 @@ class Attributor:
                 info["vectors_per_generator"][g] -= copies[ns]
                 info["vectors"] -= copies[ns]
         info["degraded_copies_per_generator"] = {g: copies.get(ns, 0) for g, ns in degraded.items()}
-        info["query_size"] = self.query_size()
+        info["query_size"], info["query_max_size"] = self.query_size(), self.query_max_size()
         # How each runnable generator resynthesizes (computed from the settings: no pipeline is loaded).
         info["generator_calls"] = {
             g.name: {"source": g.source, **resynthesis_call(g), **({"variant_of": g.variant_of} if g.variant_of else {})}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from ..config import Config, ScoringConfig
-from ..images.degrade import upscale_to
+from ..images.degrade import shrink_to, upscale_to
 from .results import Attribution, Evidence
 from .scoring import UNKNOWN, attributed_scores, decide, evidence_scores, fuse
 
@@ -65,11 +65,12 @@ class GatheredEvidence:
 
 def invert_and_look_up(batch: QueryBatch, *, inverter: Inverter | None, embedder: Embedder,
                        cache: CandidateCache | None, namespaces: Mapping[str, str],
-                       output_size: tuple[int, int] | None = None) -> None:
+                       output_size: tuple[int, int] | None = None, max_size: tuple[int, int] | None = None) -> None:
     """Invert each image to a prompt, embed it, and look its prompt up in the cache. With no runnable
     generator (``namespaces`` empty: a gallery-only config) there is nothing to invert or look up. An image
     smaller than ``output_size`` (the generators' smallest, when the candidates' degraded copies cover
-    rescaling) is enlarged to it first (:func:`~resynth_index.images.degrade.upscale_to`).
+    rescaling) is enlarged to it first (:func:`~resynth_index.images.degrade.upscale_to`), and one larger than
+    ``max_size`` (their largest) is reduced to it (:func:`~resynth_index.images.degrade.shrink_to`).
 
     Where a stage of the inverter runs the embedder's network (the default label inverter and embedder; the
     CLIP interrogator and an open_clip embedder of the same model), the network runs once per image and both
@@ -79,8 +80,8 @@ def invert_and_look_up(batch: QueryBatch, *, inverter: Inverter | None, embedder
 
     n = len(batch)
     images = batch.images
-    if output_size is not None:
-        images = [dataclasses.replace(d, image=upscale_to(d.image, output_size)) for d in images]
+    if output_size is not None or max_size is not None:
+        images = [dataclasses.replace(d, image=shrink_to(upscale_to(d.image, output_size), max_size)) for d in images]
     shared = shared_forward(inverter, embedder) if namespaces else None
     if shared is not None:
         done = shared.invert_and_embed(images)

@@ -15,6 +15,9 @@ the candidate's own seed (so a build is reproducible bit for bit, and the same o
 * Gaussian blur, sigma 0.3-2.0 px;
 * downscale by 0.3-0.9 and back up to the original size (bicubic), which is what a resized query looks like
   once :func:`upscale_to` has brought it back to the generators' output size.
+
+A query larger than every generator's output was enlarged after it was made; :func:`shrink_to` reduces it to
+the largest output size, since no copy shows an interpolated, enlarged pixel grid.
 """
 
 from __future__ import annotations
@@ -78,9 +81,29 @@ def upscale_to(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
 
 
+def shrink_to(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """``image`` reduced (bicubic, aspect kept) until it fits ``size`` = (width, height) in one dimension, when it
+    is larger than that in both; otherwise unchanged. No generator made it that large, so it was enlarged after
+    it was made (a platform widening small images, an upscaler): reduced, it shows the generator's own pixel
+    grid again instead of an interpolated one, which no cached candidate or degraded copy has."""
+    if size is None:
+        return image
+    w, h = image.size
+    scale = max(size[0] / w, size[1] / h)
+    if scale >= 1.0:
+        return image
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+
+
 def smallest_output(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
     """The smallest (by area) of the generators' output sizes (width, height); None when there are none."""
     return min(sizes, key=lambda wh: wh[0] * wh[1]) if sizes else None
 
 
-__all__ = ["DEGRADE_RULE", "FAMILIES", "degrade", "degraded_copies", "smallest_output", "upscale_to"]
+def largest_output(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The largest (by area) of the generators' output sizes (width, height); None when there are none."""
+    return max(sizes, key=lambda wh: wh[0] * wh[1]) if sizes else None
+
+
+__all__ = ["DEGRADE_RULE", "FAMILIES", "degrade", "degraded_copies", "largest_output", "shrink_to", "smallest_output",
+           "upscale_to"]

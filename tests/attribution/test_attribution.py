@@ -148,6 +148,7 @@ def test_cli_table_with_manifest_and_info(built):
     assert data["prompts"] >= len(BUILD_PROMPTS)
     assert set(data["config_namespaces"]) == {"tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart"}
     assert set(data["degraded_namespaces"]) == set(data["config_namespaces"]) and data["query_size"] == [64, 64]
+    assert data["query_max_size"] == [64, 64]
     # the degraded copies were built beside the candidates: 8 per candidate
     stored = {ns: st["vectors"] for ns, st in data["namespaces"].items()}
     assert all(stored[data["degraded_namespaces"][g]] == 8 * stored[ns] for g, ns in data["config_namespaces"].items())

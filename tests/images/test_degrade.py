@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resynth_index.images.degrade import (FAMILIES, degrade, degraded_copies, smallest_output, upscale_to)
+from resynth_index.images.degrade import (FAMILIES, degrade, degraded_copies, largest_output, shrink_to, smallest_output,
+                                          upscale_to)
 
 
 def _image(seed=0, size=(64, 48)):
@@ -51,3 +52,15 @@ def test_a_smaller_query_is_enlarged_to_the_output_size_keeping_its_aspect():
     assert upscale_to(big, None) is big
     assert smallest_output([(512, 512), (64, 96), (1024, 1024)]) == (64, 96)
     assert smallest_output([]) is None
+
+
+def test_a_larger_query_is_reduced_to_the_output_size_keeping_its_aspect():
+    assert shrink_to(_image(size=(320, 320)), (64, 64)).size == (64, 64)
+    assert shrink_to(_image(size=(320, 160)), (64, 64)).size == (128, 64)  # fits the height, aspect kept
+    small = _image(size=(48, 48))
+    assert shrink_to(small, (64, 64)) is small
+    wide = _image(size=(200, 40))
+    assert shrink_to(wide, (64, 64)) is wide  # not larger in both dimensions: it may be a native crop
+    assert shrink_to(small, None) is small
+    assert largest_output([(512, 512), (64, 96), (1024, 1024)]) == (1024, 1024)
+    assert largest_output([]) is None
