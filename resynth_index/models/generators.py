@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from ..config import GeneratorSettings, engine_call_argument
+from ..config import GeneratorSettings
+from ..generator_call import engine_call_argument
 from ..devices import autocast_dtype, resolve_device
 from ..errors import ConfigError, ModelNotAvailableError
 from .._quiet import quiet_loading
