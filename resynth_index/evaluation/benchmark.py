@@ -161,13 +161,15 @@ def run_engine_variant(
         t0 = time.perf_counter()
         _warm(engine)
         out["load_seconds"] = time.perf_counter() - t0
-        build_seconds, build_images = 0.0, 0
+        build_seconds, build_images, built = 0.0, 0, 0
         if config.scoring.mode != "restricted" and build_prompts:
             _log(opts, f"{name}: building {len(build_prompts)} prompt(s) into {index_dir}")
             report = engine.build(build_prompts, progress=False)
-            build_seconds, build_images = report.seconds, report.images
-        out["build"] = {"prompts": len(build_prompts) if build_seconds or build_images else 0,
-                        "seconds": build_seconds, "images": build_images}
+            build_seconds, build_images, built = report.seconds, report.images, report.built
+            if report.skipped:
+                _log(opts, f"{name}: {report.skipped} of them were already cached")
+        # prompts generated now: a reused index (--index) has no build time per prompt to report
+        out["build"] = {"prompts": built, "seconds": build_seconds, "images": build_images}
         for cond, images in conditions.items():
             records, results, seconds, gens = _engine_records(engine, images, truths, files)
             out["conditions"][cond] = with_costs(condition_metrics(records, labels), records, seconds, gens)
@@ -380,10 +382,15 @@ def run_evaluation(
             else:
                 v, _, _ = run_engine_variant(
                     f"ours γ={g}", with_gamma(known_config, g), index_dir / f"ours-g{g}", {CLEAN: images}, truths,
-                    files, device=device, build_prompts=build_prompts, share_from=ours_engine, opts=opts)
+                    files, device=device, build_prompts=build_prompts, share_from=ours_engine, opts=opts,
+                    query_flags=flags)
                 m, build = v["conditions"][CLEAN], v["build"]
+            hard = m.get("hard") or {}
             result["gamma_sweep"].append({
                 "gamma": g, "top1": m["top1"], "top3": m["top3"], "seconds_per_query": m["seconds_per_query"],
+                # what γ is for on the hard benchmark: fine-tune siblings and the open set
+                "sibling_confusion": hard.get("sibling_confusion"), "open_set_auroc": m["open_set"]["auroc"],
+                "tpr_at_5fpr": m["open_set"].get("tpr_at_5fpr"),
                 "generations_per_query": m["generations_per_query"], "build_seconds": build["seconds"],
                 "build_seconds_per_prompt": build["seconds"] / build["prompts"] if build.get("prompts") else None,
             })

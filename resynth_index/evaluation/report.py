@@ -113,10 +113,13 @@ def confusion_table(result: Mapping[str, Any], variant: str = "ours", condition:
 
 
 def gamma_table(result: Mapping[str, Any]) -> str:
-    rows = [[g["gamma"], _f(g["top1"]), _f(g["top3"]), _f(g["generations_per_query"], False, 2),
-             _f(g["seconds_per_query"], False, 3), _f(g["build_seconds_per_prompt"], False, 2)]
+    rows = [[g["gamma"], _f(g["top1"]), _f(g["top3"]), _f(g.get("sibling_confusion")),
+             _f(g.get("open_set_auroc"), False, 3), _f(g.get("tpr_at_5fpr")),
+             _f(g["generations_per_query"], False, 2), _f(g["seconds_per_query"], False, 3),
+             _f(g["build_seconds_per_prompt"], False, 2)]
             for g in result["gamma_sweep"]]
-    return _table(["γ", "top-1", "top-3", "generations/query", "s/query", "build s/prompt"], rows)
+    return _table(["γ", "top-1", "top-3", "sibling confusion", "open-set AUROC", "TPR@5%FPR", "generations/query",
+                   "s/query", "build s/prompt"], rows)
 
 
 def shots_table(result: Mapping[str, Any]) -> str:

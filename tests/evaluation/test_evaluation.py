@@ -161,10 +161,15 @@ def test_eval_writes_the_report(tiny_eval):
     assert report["conditions"] == ["clean", "jpeg(quality=50)", "greyscale()"]
     assert set(report["variants"]) == {"ours", "regeneration", "resynthesis", "fewshot-1", "fewshot-2"}
     assert [g["gamma"] for g in report["gamma_sweep"]] == [1, 2]
+    # the sweep carries the open-set figures (and, on the hard benchmark, the sibling confusion) of each γ
+    g1, g2 = report["gamma_sweep"]
+    assert g1["open_set_auroc"] == report["variants"]["ours"]["conditions"]["clean"]["open_set"]["auroc"]
+    assert 0.0 <= g2["open_set_auroc"] <= 1.0 and g2["sibling_confusion"] is None  # the zoo has no siblings
     assert report["variants"]["regeneration"]["config"]["aggregate"] == "mean"
     assert report["variants"]["resynthesis"]["config"]["distance"] == "euclidean"
     md = (out / "report.md").read_text()
     assert "| clean |" in md and "resynthesis, Bongini et al." in md and "1-shot NN" in md
+    assert "| γ | top-1 | top-3 | sibling confusion | open-set AUROC |" in md
     rt = report["retrieval"]
     methods = {r["method"] for r in rt["rows"]}
     assert {"gallery: spectrum", "gallery: bit planes (LIDA)", "resynthesis (ours)"} <= methods
