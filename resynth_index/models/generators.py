@@ -2,12 +2,10 @@
 
 A :class:`Generator` turns ``(prompt, seed)`` pairs into RGB images and describes, in :meth:`Generator.namespace`,
 everything that changes those images, so that the cache can key stored vectors on it. :func:`load_generator`
-builds one from :class:`GeneratorSettings`; the ``source`` says where the weights come from:
-
-- ``zoo:NAME``: a built-in, randomly initialised offline stand-in (see :mod:`resynth_index.models.zoo`);
-- an existing local directory in diffusers' ``save_pretrained`` layout (SD 1.x/2.x, SDXL, PixArt, ... are
-  auto-detected from its ``model_index.json``);
-- anything else is a Hugging Face hub id, tried in the local HF cache first, then on the hub.
+builds one from :class:`GeneratorSettings`; the ``source`` says where the weights come from: ``zoo:NAME``, a
+diffusers ``save_pretrained`` directory (SD 1.x/2.x, SDXL, PixArt, ... auto-detected from its
+``model_index.json``) or a Hugging Face hub id (:mod:`~resynth_index.models.pipeline_sources` loads and
+identifies each).
 
 >>> gen = load_generator(GeneratorSettings(name="sd", source="zoo:tiny-sd"), device="cpu")   # doctest: +SKIP
 >>> images = gen.generate(["a red car"] * 2, seeds=[0, 1])                                    # doctest: +SKIP
@@ -20,16 +18,9 @@ the device only through floating-point rounding. On CPU images are also bit-iden
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-import logging
-import os
-import re
-import socket
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,8 +28,8 @@ import torch
 from ..config import GeneratorSettings
 from ..generator_call import engine_call_argument
 from ..devices import autocast_dtype, resolve_device
-from ..errors import ConfigError, ModelNotAvailableError
-from .._quiet import quiet_loading
+from ..errors import ConfigError
+from .pipeline_sources import load_pipeline, source_defaults, source_identity
 
 __all__ = [
     "DEFAULT_GUIDANCE",
@@ -51,16 +42,9 @@ __all__ = [
     "resynthesis_call",
 ]
 
-log = logging.getLogger(__name__)
-
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_ZOO_PREFIX = "zoo:"
-_ZOO_INFO_FILE = "rindex_zoo.json"  # written by zoo.export_zoo: the exported generator's sampling defaults
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-_FULL_HASH_LIMIT = 64 << 20  # local weight files up to this size are hashed whole, larger ones by head + tail
-_PARTIAL_HASH_CHUNK = 8 << 20
 
 
 class Generator:
@@ -219,22 +203,10 @@ def generator_namespace(settings: GeneratorSettings, device: str | torch.device 
     own call options follow from the source identity and this package's schema version, so a query answered
     from the cache never needs to load a pipeline to compute its key.
     """
-    source = settings.source.strip()
     torch_device = resolve_device(device)
-    if source.startswith(_ZOO_PREFIX):
-        from . import zoo
-
-        identity = {"source": source, "revision": zoo.ZOO_VERSION}
-    else:
-        path = Path(os.path.expanduser(source))
-        if path.is_dir():
-            path = path.resolve()
-            identity = {"source": str(path), "revision": None, "fingerprint": _directory_fingerprint(path)}
-        else:
-            identity = {"source": source, "revision": _cached_commit(source, settings.revision) or settings.revision}
     call = resynthesis_call(settings)
     namespace = {
-        **identity,
+        **source_identity(settings),
         **{key: call[key] for key in ("scheduler", "steps", "guidance", "height", "width")},
         "dtype": str(_resolve_dtype(settings, torch_device)).removeprefix("torch."),
     }
@@ -252,15 +224,7 @@ def resynthesis_call(settings: GeneratorSettings) -> dict:
     """How a generator is called when it resynthesizes, from its settings without loading it: the effective
     steps, guidance and size (zoo or exported-zoo defaults applied; size None = the pipeline's own), the
     scheduler override (None = the pipeline's) and the extra ``call`` arguments. ``rindex info`` shows it."""
-    source = settings.source.strip()
-    defaults: dict = {}
-    if source.startswith(_ZOO_PREFIX):
-        from . import zoo
-
-        name = source[len(_ZOO_PREFIX) :]
-        defaults = zoo.zoo_defaults(name) if name in zoo.zoo_names() else {}
-    elif source and (info := Path(os.path.expanduser(source)) / _ZOO_INFO_FILE).is_file():
-        defaults = _read_json(info)
+    defaults = source_defaults(settings)
     guidance = settings.guidance if settings.guidance is not None else defaults.get("guidance", DEFAULT_GUIDANCE)
     return {
         "steps": settings.steps or defaults.get("steps") or DEFAULT_STEPS,
@@ -299,24 +263,9 @@ def load_generator(
     torch_device = resolve_device(device)
     dtype = _resolve_dtype(settings, torch_device)
     scheduler_cls = _scheduler_class(settings) if settings.scheduler else None
-    source = settings.source.strip()
-    if not source:
+    if not settings.source.strip():
         raise ConfigError(f"generator '{settings.name}' is gallery-only (no source): it cannot be run")
-
-    defaults: dict = {}
-    if source.startswith(_ZOO_PREFIX):
-        pipe, defaults = _load_zoo(settings, source)
-    else:
-        path = Path(os.path.expanduser(source))
-        if path.is_dir():
-            pipe, defaults = _load_directory(settings, path, dtype)
-        elif path.exists() or not _HUB_ID.match(source):
-            raise ModelNotAvailableError(
-                f"generator '{settings.name}': source '{source}' is neither a diffusers directory nor a hub id "
-                "(expected an existing save_pretrained directory, 'org/name' or 'zoo:NAME')"
-            )
-        else:
-            pipe = _load_hub(settings, source, dtype)
+    pipe, defaults = load_pipeline(settings, dtype)
 
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
@@ -407,201 +356,3 @@ def _default_size(pipe: Any) -> int | None:
         return sample_size * factor
     return None  # the pipeline decides
 
-
-def _load_zoo(settings: GeneratorSettings, source: str):
-    from . import zoo
-
-    zoo_name = source[len(_ZOO_PREFIX) :]
-    if zoo_name not in zoo.zoo_names():
-        raise ModelNotAvailableError(
-            f"generator '{settings.name}': unknown zoo generator '{zoo_name}' (source '{source}'); "
-            f"the zoo has: {', '.join('zoo:' + n for n in zoo.zoo_names())}"
-        )
-    if settings.revision is not None:
-        raise ConfigError(f"generator '{settings.name}': a zoo generator has no revisions (source '{source}')")
-    defaults = zoo.zoo_defaults(zoo_name)
-    return zoo.build_zoo_pipeline(zoo_name), defaults
-
-
-def _load_directory(settings: GeneratorSettings, path: Path, dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
-
-    path = path.resolve()
-    if not (path / "model_index.json").is_file():
-        raise ModelNotAvailableError(
-            f"generator '{settings.name}': directory '{path}' has no model_index.json "
-            "(expected a diffusers save_pretrained directory)"
-        )
-    if settings.revision is not None:
-        raise ConfigError(f"generator '{settings.name}': 'revision' applies to hub ids, not directory '{path}'")
-    kwargs = _pipeline_kwargs(_read_json(path / "model_index.json"))
-    try:
-        with quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **_dtype_kwarg(dtype), **kwargs)
-    except Exception as err:  # a broken directory: report it in one line, keep the cause chained
-        raise ModelNotAvailableError(
-            f"generator '{settings.name}': cannot load diffusers directory '{path}': {_one_line(err)}"
-        ) from err
-    defaults = {}
-    info_file = path / _ZOO_INFO_FILE
-    if info_file.is_file():
-        info = _read_json(info_file)
-        defaults = {k: info[k] for k in ("steps", "guidance", "height", "width") if k in info}
-    return pipe, defaults
-
-
-def _hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return False
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens (assumed True behind a proxy, which we cannot probe)."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    try:
-        from urllib.parse import urlparse
-
-        from huggingface_hub import constants
-
-        url = urlparse(constants.ENDPOINT)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-    except Exception:  # an unusual endpoint setting: let huggingface_hub try and report
-        return True
-
-
-def _load_hub(settings: GeneratorSettings, source: str, dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
-
-    unreachable = f"generator '{settings.name}': not found locally and the hub is unreachable (source '{source}')"
-    revision = settings.revision
-    try:
-        index = DiffusionPipeline.load_config(source, revision=revision, local_files_only=True)
-        with quiet_loading():
-            pipe = DiffusionPipeline.from_pretrained(
-                source, revision=revision, local_files_only=True, **_dtype_kwarg(dtype), **_pipeline_kwargs(index)
-            )
-    except Exception as local_err:
-        log.debug("generator %s: local load of %s failed: %s", settings.name, source, local_err)
-        if _hub_offline():
-            raise ModelNotAvailableError(unreachable + " [HF_HUB_OFFLINE is set]") from None
-        if not _hub_reachable():  # fail in seconds rather than after huggingface_hub's ~30 s of retries
-            raise ModelNotAvailableError(unreachable) from None
-        try:
-            index = DiffusionPipeline.load_config(source, revision=revision)
-            with quiet_loading():  # diffusers'/transformers' loading bars only; hub download bars stay
-                pipe = DiffusionPipeline.from_pretrained(
-                    source, revision=revision, **_dtype_kwarg(dtype), **_pipeline_kwargs(index)
-                )
-        except Exception as err:
-            from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-            cause = err
-            while cause is not None and not isinstance(
-                cause, (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError)
-            ):
-                cause = cause.__cause__ or cause.__context__
-            if isinstance(cause, GatedRepoError):
-                message = f"generator '{settings.name}': hub repo '{source}' is gated: log in and accept its terms"
-            elif isinstance(cause, RevisionNotFoundError):
-                message = f"generator '{settings.name}': revision '{revision}' not found on the hub for '{source}'"
-            elif isinstance(cause, RepositoryNotFoundError):
-                message = f"generator '{settings.name}': '{source}' not found locally or on the hub"
-            elif _looks_like_network_error(err):
-                message = unreachable
-            else:
-                message = f"generator '{settings.name}': cannot load '{source}': {_one_line(err)}"
-            raise ModelNotAvailableError(message) from err
-    return pipe
-
-
-def _looks_like_network_error(err: BaseException) -> bool:
-    seen = 0
-    while err is not None and seen < 20:
-        name = type(err).__name__
-        text = str(err).lower()
-        if any(k in name for k in ("Connection", "Timeout", "OfflineMode", "LocalEntryNotFound")) or any(
-            k in text for k in ("connection", "resolve", "timed out", "offline", "unreachable", "network")
-        ):
-            return True
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return False
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
-    """``dtype=`` for diffusers versions that take it (where ``torch_dtype`` is deprecated), else ``torch_dtype=``."""
-    from diffusers.pipelines import pipeline_utils
-
-    return {"dtype": dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": dtype}
-
-
-def _pipeline_kwargs(model_index: dict) -> dict:
-    """Keyword arguments that skip the NSFW safety checker (and its download) where the pipeline has one."""
-    kwargs: dict[str, Any] = {}
-    if "safety_checker" in model_index:
-        kwargs["safety_checker"] = None
-        if "requires_safety_checker" in model_index:
-            kwargs["requires_safety_checker"] = False
-    return kwargs
-
-
-def _cached_commit(source: str, revision: str | None) -> str | None:
-    """The commit hash of the HF-cache snapshot that holds ``source`` (None when unknown)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(source, "model_index.json", revision=revision)
-    except Exception:
-        return None
-    if isinstance(found, str):
-        parts = Path(found).parts
-        if len(parts) >= 3 and parts[-3] == "snapshots":
-            return parts[-2]
-    return None
-
-
-def _directory_fingerprint(path: Path) -> str:
-    """A content hash of a local pipeline directory: configs and small files whole, big weights by head + tail
-    (a fine-tune changes every tensor, so it changes both ends; sizes are hashed too)."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        if rel.startswith(".") or "/." in rel:
-            continue
-        size = file.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with open(file, "rb") as handle:
-            if size <= _FULL_HASH_LIMIT:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            else:
-                digest.update(handle.read(_PARTIAL_HASH_CHUNK))
-                handle.seek(size - _PARTIAL_HASH_CHUNK)
-                digest.update(handle.read(_PARTIAL_HASH_CHUNK))
-    return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ModelNotAvailableError(f"cannot read {path}: {_one_line(err)}") from err
-    if not isinstance(data, dict):
-        raise ModelNotAvailableError(f"{path} is not a JSON object")
-    return data
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
