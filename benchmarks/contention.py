@@ -8,13 +8,15 @@ competitor shares the cores: same affinity), and stop them after the run. Varian
   thread policy);
 * ``automatic``: no ``--threads`` and no ``OMP_NUM_THREADS``: the policy's automatic count
   (:func:`resynth_index.devices.automatic_threads`);
-* ``1 thread``: ``--threads 1``.
+* ``1 thread``: ``--threads 1``;
+* ``one generator at a time``: the automatic thread count with ``--workers 1``, the build before generators ran
+  side by side (``build.workers``; the automatic count runs as many as there are CPUs per thread).
 
 It prints one table: seconds idle and busy per variant and the busy/idle factor (target: the default build
 within 3x its idle time), for the whole command and for the build's own seconds after the models loaded. A run that passes ``--timeout`` is stopped and shown as ``>T``. Runs are interleaved
 (idle and busy of each variant back to back) so that drift of a shared machine hits every variant alike.
 
-Usage: python benchmarks/contention.py [--limit 16] [--timeout 600] [--variants default,auto,1]
+Usage: python benchmarks/contention.py [--limit 16] [--timeout 600] [--variants default,auto,1,serial]
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=16, help="prompts per build (4 zoo generators each)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds before a build is stopped")
     ap.add_argument("--variants", default="default,auto,1",
-                    help="comma list of: default (torch's own count), auto (the policy), N (--threads N)")
+                    help="comma list of: default (torch's own count), auto (the policy), N (--threads N), "
+                         "serial (the policy, one generator at a time)")
     args = ap.parse_args()
 
     n_cpus = cpus()
@@ -133,6 +136,8 @@ def main() -> None:
             variants.append((f"torch default ({n})", ["--threads", str(n)], n))
         elif v == "auto":
             variants.append(("automatic", [], policy_threads()))
+        elif v == "serial":
+            variants.append(("one generator at a time", ["--workers", "1"], policy_threads()))
         else:
             variants.append((f"{int(v)} thread{'s' if int(v) > 1 else ''}", ["--threads", str(int(v))], int(v)))
 
@@ -148,11 +153,11 @@ def main() -> None:
     print(f"rindex build --limit {args.limit} (fresh index, model loading included), {n_cpus} CPU(s); busy = "
           f"{n_cpus} busy-loop process(es) on the same CPUs; 1-min load average before: {load_before:.2f}")
     print("wall: the whole command, model loading included; build: the build's own seconds after loading")
-    print(f"{'variant':<22} {'threads':>7} {'idle wall':>10} {'busy wall':>10} {'busy/idle':>10} "
+    print(f"{'variant':<24} {'threads':>7} {'idle wall':>10} {'busy wall':>10} {'busy/idle':>10} "
           f"{'idle build':>11} {'busy build':>11} {'busy/idle':>10}")
     for label, n, idle, busy in rows:
         t = args.timeout
-        print(f"{label:<22} {n:>7} {fmt(idle, t):>10} {fmt(busy, t):>10} {ratio(idle, busy, t):>10} "
+        print(f"{label:<24} {n:>7} {fmt(idle, t):>10} {fmt(busy, t):>10} {ratio(idle, busy, t):>10} "
               f"{fmt(idle, t, 1):>11} {fmt(busy, t, 1):>11} {ratio(idle, busy, t, 1):>10}")
 
 

@@ -6,6 +6,7 @@ Results go to stdout, progress and logs to stderr. Exit codes: 0 all good, 1 som
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ main.add_command(snapshot)
 @click.option("--staging", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="--ray: shard directory every node reaches (default INDEX/staging).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="--ray: worker actors (default: one per CPU of the cluster, or per GPU with a CUDA device).")
+              help="Generators resynthesizing at once (default build.workers: automatic, the CPUs over the thread "
+                   "count); with --ray, worker actors (default: one per CPU of the cluster, or per GPU with CUDA).")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
               help="--ray: GPUs per worker (default 1 with a CUDA device, else 0).")
 @click.option("--no-ingest", is_flag=True, help="--ray: leave the shards for `rindex ingest` (the writer runs elsewhere).")
@@ -71,8 +73,10 @@ def build(index, config, device, prompts, limit, ray_address, staging, workers, 
         _ray_build(index, config, device, read_prompt_file(prompts) if prompts else None, limit, ray_address or None,
                    staging, workers, gpus_per_worker, no_ingest, _show_progress(progress))
         return
-    if staging or workers or gpus_per_worker is not None or no_ingest:
-        raise click.UsageError("--staging, --workers, --gpus-per-worker and --no-ingest go with --ray")
+    if staging or gpus_per_worker is not None or no_ingest:
+        raise click.UsageError("--staging, --gpus-per-worker and --no-ingest go with --ray")
+    if workers:
+        config = dataclasses.replace(config, build=dataclasses.replace(config.build, workers=workers))
     try:
         with _engine(config, index, device) as engine:
             report = engine.build(read_prompt_file(prompts) if prompts else None, limit=limit,

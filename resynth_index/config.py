@@ -64,6 +64,8 @@ Example (every key, with its default unless marked)::
     prompts = ""                    # prompt list file; "" = the packaged list
     limit = 0                       # use the first N prompts; 0 = all
     batch_size = 8                  # prompts per generation/commit batch
+    workers = 0                     # generators resynthesizing at once (threads); 0 = automatic: on CPU the
+                                    # CPUs available over the thread count, on a GPU 1; 1 = one at a time
 
     [serve]                         # rindex serve / query --stream (README "Serving")
     host = "127.0.0.1"              # bind address (loopback by default)
@@ -221,6 +223,7 @@ class BuildConfig:
     prompts: str = ""
     limit: int = 0
     batch_size: int = 8
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -438,7 +441,7 @@ _POSITIVE = {
 MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "resynthesis.degraded_copies": (0, MAX_DEGRADED_COPIES),
-           "threads": (0, MAX_THREADS), "scoring.prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
+           "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
            "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 
 

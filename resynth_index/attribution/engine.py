@@ -42,7 +42,7 @@ from ..provenance import GeneratorNames
 from ..store.keys import normalize_prompt
 from . import provenance_step, query
 from .loaded import LoadedModels
-from .resynthesis import (PACKAGED_PROMPTS, candidate_seeds, degraded_namespaces, read_prompt_file,
+from .resynthesis import (PACKAGED_PROMPTS, build_workers, candidate_seeds, degraded_namespaces, read_prompt_file,
                           resynthesize_missing)
 from .results import Attribution, BuildReport, Evidence
 
@@ -265,7 +265,8 @@ class Attributor:
             raise RindexError("the index is open read-only: cannot resynthesize")
         ensure_thread_policy()  # FAISS's thread count is per OS thread (a serving worker, say)
         images = resynthesize_missing(prompts, settings=self.config.resynthesis, namespaces=self.namespaces,
-                                      cache=self.cache, generator=self.generator, embedder=self.embedder)
+                                      cache=self.cache, generator=self.generator, embedder=self.embedder,
+                                      workers=build_workers(self.config.build.workers, self.device))
         self.images_generated += images
         return images
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -124,19 +125,33 @@ def resynthesize_missing(
     cache: CandidateCache,
     generator: Callable[[str], Generator],
     embedder: Embedder,
+    workers: int = 1,
 ) -> int:
     """Generate, embed and commit (in one batch) the candidates ``prompts`` lack, per generator of
-    ``namespaces``; returns the number of images generated. ``generator(name)`` loads a generator on demand."""
+    ``namespaces``; returns the number of images generated. ``generator(name)`` loads a generator on demand.
+    Up to ``workers`` generators run at once, each in its own thread (see :func:`build_workers`); the vectors
+    are the same whatever the count, since every image is computed by one generator, alone, as before."""
     missing = {p: [g for g, ns in namespaces.items() if not cache.contains(p, {g: ns})] for p in prompts}
+    work = [(name, [p for p, gens in missing.items() if name in gens]) for name in namespaces]
+    work = [(name, wanted) for name, wanted in work if wanted]
+
+    def run(item: tuple[str, list[str]]) -> Candidates:
+        name, wanted = item
+        return generate_candidates(name, wanted, settings=settings, generator=generator, embedder=embedder)
+
+    if workers > 1 and len(work) > 1:
+        for name, _ in work:
+            generator(name)  # loaded one at a time, here: loading a pipeline is not meant to run in parallel
+        with ThreadPoolExecutor(min(workers, len(work)), thread_name_prefix="rindex-generate") as pool:
+            results = list(pool.map(run, work))
+    else:
+        results = [run(item) for item in work]
+
     degraded_ns = degraded_namespaces(settings, namespaces)
     entries: dict[str, dict[str, tuple[str, list[int], np.ndarray]]] = defaultdict(dict)
     degraded: dict[str, dict[str, tuple[str, list[int], np.ndarray]]] = defaultdict(dict)
     images = 0
-    for name in namespaces:
-        wanted = [p for p, gens in missing.items() if name in gens]
-        if not wanted:
-            continue
-        got = generate_candidates(name, wanted, settings=settings, generator=generator, embedder=embedder)
+    for (name, wanted), got in zip(work, results):
         images += got.vectors.shape[0] * got.vectors.shape[1]
         for i, p in enumerate(wanted):
             entries[p][name] = (namespaces[name], got.seeds[i], got.vectors[i])
@@ -149,6 +164,21 @@ def resynthesize_missing(
     if entries:
         cache.put_many(list(entries.items()))
     return images
+
+
+def build_workers(setting: int, device: torch.device) -> int:
+    """How many generators resynthesize at once: ``build.workers`` when set (> 0); else, on CPU, the CPUs this
+    process may use over torch's thread count, and 1 on a GPU (one call already fills it; pipelines side by
+    side would only share its memory). Two generators in two threads, one torch thread each, keep two cores
+    busy where one pipeline's thousands of small operators cannot, and unlike a two-thread OpenMP team they
+    never wait for each other on a busy machine (``benchmarks/contention.py``)."""
+    if setting > 0:
+        return setting
+    if device.type != "cpu":
+        return 1
+    from ..devices import available_cpus
+
+    return max(1, available_cpus() // max(1, torch.get_num_threads()))
 
 
 def degraded_namespaces(settings: ResynthesisConfig, namespaces: Mapping[str, str]) -> dict[str, str]:

@@ -37,6 +37,24 @@ def test_build_is_resumable_and_skips_cached_prompts(built):
         assert report.images == len(engine.config.generators) * engine.config.resynthesis.gamma
 
 
+def test_generators_side_by_side_store_the_same_vectors_as_one_at_a_time(tmp_path):
+    from resynth_index.attribution.prototypes import stored_candidates
+    from resynth_index.attribution.resynthesis import build_workers, degraded_namespaces
+
+    vectors = {}
+    for workers in (1, 2):
+        with Attributor({"build": {"workers": workers}}, index=tmp_path / f"w{workers}", device="cpu") as engine:
+            assert build_workers(engine.config.build.workers, engine.device) == workers
+            engine.build(BUILD_PROMPTS[:2], progress=False)
+            ns = engine.namespaces
+            stored = stored_candidates(engine.cache, ns, degraded_namespaces(engine.config.resynthesis, ns))
+            vectors[workers] = {(g, kind, c.prompt, c.position): c.vector
+                                for g, pair in stored.items() for kind, found in zip("cd", pair) for c in found}
+    assert vectors[1].keys() == vectors[2].keys() and len(vectors[1]) == 4 * 2 * (1 + 8)
+    for key, vector in vectors[1].items():
+        np.testing.assert_array_equal(vector, vectors[2][key], err_msg=str(key))
+
+
 def test_accuracy_on_held_out_samples(built):
     index, samples = built
     truth = read_manifest(samples / "manifest.csv")
