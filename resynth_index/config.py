@@ -28,8 +28,9 @@ Example (every key, with its default unless marked)::
                                     # embedding (fine-tunes differ in texture; README "How it works")
     fingerprint_window = 32         # its patch size (pixels, even, >= 16)
     fingerprint_weight = 0.5        # its share of the cosine, between 0 and 1
-    fingerprint_colour = "mean"     # mean: one spectrum of the RGB residuals | opponent: one each of luminance,
-                                    # red-green, blue-yellow (README "Configuration reference": a trade-off)
+    fingerprint_colour = "mean+chroma"  # mean+chroma: the RGB residuals' spectrum (2/3) and the red-green and
+                                    # blue-yellow ones (1/3) | mean: the first alone | opponent: luminance,
+                                    # red-green, blue-yellow alike (README "Configuration reference")
 
     [inverter]
     chain = ["metadata", "label"]   # tried in order per image: metadata | label | blip | clip-interrogator
@@ -57,8 +58,9 @@ Example (every key, with its default unless marked)::
                                     # "Open set"); false: the calibration is only reported
     target_fpr = 0.05               # rate of unknown-generator images that calibration lets through
     min_tpr = 0.99                  # ... but never rejecting more than 1 - min_tpr of indexed generators' own images
-    prototype_weight = 0.5          # weight of the generator prototypes (whitened class means of all cached
+    prototype_weight = 0.8          # weight of the generator prototypes (whitened class means of all cached
                                     # candidates; README "How it works"); 0 = off, 1 = prototypes alone
+    open_set_prototype_weight = 0.5 # their weight in the open-set statistic (README "Open set")
 
     [build]
     prompts = ""                    # prompt list file; "" = the packaged list
@@ -183,7 +185,7 @@ class EmbedderConfig:
     fingerprint: str = "spectrum"
     fingerprint_window: int = 32
     fingerprint_weight: float = 0.5
-    fingerprint_colour: str = "mean"
+    fingerprint_colour: str = "mean+chroma"
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,8 @@ class ScoringConfig:
     open_set: bool = True
     target_fpr: float = 0.05
     min_tpr: float = 0.99
-    prototype_weight: float = 0.5
+    prototype_weight: float = 0.8
+    open_set_prototype_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -411,7 +414,7 @@ _CHOICES = {
     "embedder.kind": ("efficientnet-lite0", "open_clip"),
     "embedder.runtime": ("auto", "torch", "onnxruntime"),
     "embedder.fingerprint": ("spectrum", "none"),
-    "embedder.fingerprint_colour": ("mean", "opponent"),
+    "embedder.fingerprint_colour": ("mean", "opponent", "mean+chroma"),
     "inverter.chain": ("metadata", "label", "blip", "clip-interrogator"),
     "cache.prompt_embedder": ("minilm", "clip", "none"),
     "scoring.mode": ("restricted", "unrestricted", "both"),
@@ -441,7 +444,7 @@ _POSITIVE = {
 MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "resynthesis.degraded_copies": (0, MAX_DEGRADED_COPIES),
-           "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
+           "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1), "scoring.open_set_prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
            "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 
 

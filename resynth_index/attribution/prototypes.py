@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 MAX_PER_GENERATOR = 20_000
 #: fewer cached candidates than this for some generator: no prototypes (the other evidence decides)
 MIN_PER_GENERATOR = 8
-#: weight of the identity in the shrunk within-generator covariance
-SHRINKAGE = 0.1
+#: weight of the identity in the shrunk within-generator covariance. 0.1 for the 624-d embedding; the 1,712-d one
+#: (the chroma spectra joined) has 2.7x fewer cached vectors per dimension, and on the hard benchmark 0.2 kept
+#: clean top-1 within a query of 0.1 while JPEG 75 rose from 89.2% to 91.7% (README *Measured results*)
+SHRINKAGE = 0.2
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -96,13 +96,15 @@ def combine(restricted: Mapping[str, float], unrestricted: Mapping[str, float], 
 
 
 def evidence_scores(restricted: Mapping[str, np.ndarray], unrestricted: Mapping[str, np.ndarray],
-                    prototype: Mapping[str, float] | None, cfg: ScoringConfig) -> dict[str, float]:
+                    prototype: Mapping[str, float] | None, cfg: ScoringConfig, *, open_set: bool = False) -> dict[str, float]:
     """The per-generator score from the cache's evidence: restricted and unrestricted similarities aggregated and
     combined (:func:`combine`), then fused with the prototype scores (:mod:`~resynth_index.attribution.prototypes`)
-    at ``prototype_weight``. Queries and the open-set calibration both score through here."""
+    at ``prototype_weight``, or with ``open_set``, at ``open_set_prototype_weight``: the scores the open-set
+    statistic reads. Queries and the open-set calibration both score through here."""
     scores = combine(aggregate(restricted, cfg), aggregate(unrestricted, cfg), cfg)
-    if prototype and cfg.prototype_weight > 0:
-        scores = fuse(scores, prototype, cfg.prototype_weight) if scores else dict(prototype)
+    weight = cfg.open_set_prototype_weight if open_set else cfg.prototype_weight
+    if prototype and cfg.prototype_weight > 0 and weight > 0:
+        scores = fuse(scores, prototype, weight) if scores else dict(prototype)
     return scores
 
 

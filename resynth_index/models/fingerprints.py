@@ -18,7 +18,10 @@ An image smaller than the patch size is used whole.
   luminance ``(R+G+B)/3``, red-green ``R-G`` and blue-yellow ``B-(R+G)/2``, each centred on its own mean, so
   that the texture of the colour noise is not drowned by that of the brightness. On clean images of the hard
   benchmark's generators that separates fine-tunes better (README *Measured results*), but JPEG's chroma
-  subsampling and blur wipe out the colour noise first, so it is not the default.
+  subsampling and blur wipe out the colour noise first. ``colour="mean+chroma"`` keeps the spectrum of
+  ``"mean"`` with two thirds of the vector's energy and adds the red-green and blue-yellow spectra with the
+  other third, so that the colour noise adds evidence where it survives without outvoting the rest where
+  it does not.
 
 Features are returned raw; the gallery centres them on its real-photo prototype before cosine matching
 (:mod:`resynth_index.gallery.references`). An image that cannot be described raises :class:`ImageError`; it never
@@ -116,8 +119,10 @@ class Fingerprint:
         raise NotImplementedError
 
 
-#: how the spectrum treats colour: one spectrum of the channel mean, or three of the opponent channels
-SPECTRUM_COLOURS = ("mean", "opponent")
+#: how the spectrum treats colour: one spectrum of the channel mean, three of the opponent channels, or the
+#: mean's with the two chroma channels' beside it (its number of spectra)
+SPECTRUM_COLOURS = ("mean", "opponent", "mean+chroma")
+_SPECTRA = {"mean": 1, "opponent": 3, "mean+chroma": 3}
 
 
 class SpectrumFingerprint(Fingerprint):
@@ -131,30 +136,41 @@ class SpectrumFingerprint(Fingerprint):
         if colour not in SPECTRUM_COLOURS:
             raise ConfigError(f"spectrum colour must be one of {', '.join(SPECTRUM_COLOURS)}, got {colour!r}")
         self.window, self.patches, self.colour = window, patches, colour
-        channels = 3 if colour == "opponent" else 1
+        channels = _SPECTRA[colour]
         # "mean" keeps the id it had before colours existed, so stored vectors stay valid
         super().__init__(id=f"spectrum:residual3:w{window}:p{patches}" + ("" if colour == "mean" else f":{colour}"),
                          dim=channels * window * (window // 2 + 1))
 
     def _describe(self, pixels: np.ndarray) -> np.ndarray:
-        opponent = self.colour == "opponent"
-        power = np.zeros((3 if opponent else 1, self.window, self.window // 2 + 1), np.float64)
+        power = np.zeros((_SPECTRA[self.colour], self.window, self.window // 2 + 1), np.float64)
         chosen = select_patches(pixels, self.window, self.patches)
         for patch in chosen:
             a = patch.astype(np.float32)
-            if opponent:
-                r, g, b = a[..., 0], a[..., 1], a[..., 2]
-                a = np.stack([(r + g + b) / 3, r - g, b - (r + g) / 2], axis=-1)
             padded = np.pad(a, ((1, 1), (1, 1), (0, 0)), mode="edge")
             blur = sum(padded[dy : dy + a.shape[0], dx : dx + a.shape[1]] for dy in range(3) for dx in range(3)) / 9
-            residual = (a - blur).transpose(2, 0, 1)
             # s= zero-pads a patch shorter than the window, so every image gives the same frequency grid.
-            spec = np.abs(np.fft.rfft2(residual, s=(self.window, self.window))) ** 2
-            power += spec if opponent else spec.mean(axis=0, keepdims=True)
+            f = np.fft.rfft2((a - blur).transpose(2, 0, 1), s=(self.window, self.window))
+            red_green, blue_yellow = f[0] - f[1], f[2] - (f[0] + f[1]) / 2  # the residual is linear in the pixels
+            if self.colour == "mean":
+                power += (np.abs(f) ** 2).mean(axis=0, keepdims=True)
+            elif self.colour == "opponent":
+                power += np.abs(np.stack([f.mean(axis=0), red_green, blue_yellow])) ** 2
+            else:  # mean+chroma
+                power += np.concatenate([(np.abs(f) ** 2).mean(axis=0, keepdims=True),
+                                         np.abs(np.stack([red_green, blue_yellow])) ** 2])
         logs = np.log(power / len(chosen) + 1e-3)
-        if opponent:
-            logs -= logs.mean(axis=(1, 2), keepdims=True)
-        return logs.ravel()
+        if self.colour == "mean":
+            return logs.ravel()
+        logs -= logs.mean(axis=(1, 2), keepdims=True)
+        if self.colour == "opponent":
+            return logs.ravel()
+        # mean+chroma: the spectrum of "mean" keeps two thirds of the vector's energy and the colour noise one third,
+        # so colour informs the match without being able to outvote brightness when JPEG or blur has erased it.
+        return np.concatenate([np.sqrt(2 / 3) * _unit(logs[0].ravel()), np.sqrt(1 / 3) * _unit(logs[1:].ravel())])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / max(float(np.linalg.norm(x)), 1e-12)
 
 
 class BitPlaneFingerprint(Fingerprint):

@@ -158,3 +158,20 @@ def test_a_query_larger_than_any_output_is_reduced_to_it(index):
         assert engine.query_max_size() is None
         unscaled = engine.attribute(widened, resynthesize=False)[0]
     assert unscaled.scores != pytest.approx(as_widened.scores, abs=1e-3)
+
+
+def test_the_open_set_statistic_weighs_the_prototypes_at_its_own_weight(index):
+    """Attribution may lean on the prototypes more than the unknown decision does: the statistic and the
+    calibration follow ``open_set_prototype_weight`` alone, the scores ``prototype_weight`` alone."""
+    idx, samples = index
+    found = {}
+    for weights in ((0.8, 0.5), (0.5, 0.5), (0.8, 0.8)):
+        config = {**CONFIG, "scoring": {**CONFIG["scoring"], "prototype_weight": weights[0],
+                                        "open_set_prototype_weight": weights[1]}}
+        with Attributor(config, index=idx, device="cpu", readonly=True) as engine:
+            threshold = engine.open_set_calibration().threshold
+            results = engine.attribute([samples], resynthesize=False)
+        found[weights] = threshold, [r.open_set["statistic"] for r in results], [r.scores for r in results]
+    assert found[(0.8, 0.5)][:2] == found[(0.5, 0.5)][:2]
+    assert found[(0.8, 0.5)][2] != found[(0.5, 0.5)][2] and found[(0.8, 0.5)][2] == found[(0.8, 0.8)][2]
+    assert found[(0.8, 0.5)][1] != found[(0.8, 0.8)][1]

@@ -1,5 +1,5 @@
 """The default embedding: EfficientNet-Lite0 block 4 joined with a native-resolution residual spectrum (of the
-RGB mean by default, or one per opponent colour channel)."""
+RGB mean with the two chroma channels' beside it by default, of the mean alone, or one per opponent channel)."""
 
 import numpy as np
 import pytest
@@ -22,8 +22,8 @@ def images():
 def test_default_config_joins_the_spectrum_and_the_cosine_splits_by_weight(images):
     emb = embedder_from_config(EmbedderConfig(runtime="torch"), device="cpu")
     assert isinstance(emb, FingerprintedEmbedder)
-    assert emb.id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:w0.5"
-    assert emb.dim == 80 + 32 * 17
+    assert emb.id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:mean+chroma:w0.5"
+    assert emb.dim == 80 + 3 * 32 * 17
     x = emb.embed(images)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     semantic = emb.base.embed(images)
@@ -46,6 +46,8 @@ def test_shared_pass_output_matches_and_tiny_images_keep_the_semantic_part(image
 def test_fingerprint_keys_are_checked_and_none_keeps_the_plain_embedder():
     plain = embedder_from_config(load_config({"embedder": {"fingerprint": "none", "runtime": "torch"}}).embedder, "cpu")
     assert plain.id == "efficientnet-lite0:imagenet:block4"
+    mean = load_config({"embedder": {"fingerprint_colour": "mean", "runtime": "torch"}}).embedder
+    assert embedder_from_config(mean, "cpu").id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:w0.5"
     with pytest.raises(ConfigError, match="embedder.fingerprint_weight"):
         FingerprintedEmbedder(load_embedder("efficientnet-lite0", device="cpu", runtime="torch"),
                               load_fingerprint("spectrum", window=32), 1.0)
@@ -91,3 +93,24 @@ def test_the_colour_key_is_checked_and_opponent_is_an_embedding_of_its_own(image
     assert emb.dim == 80 + 3 * 32 * 17
     x = emb.embed(images)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def test_mean_and_chroma_keeps_the_mean_spectrum_and_adds_the_colour_noise_at_a_third():
+    mean = load_fingerprint("spectrum", window=32)
+    opponent = load_fingerprint("spectrum", window=32, colour="opponent")
+    both = load_fingerprint("spectrum", window=32, colour="mean+chroma")
+    assert both.id == "spectrum:residual3:w32:p8:mean+chroma" and both.dim == 3 * mean.dim
+    plain, other_chroma = _noise_image(1, 2), _noise_image(1, 3)
+    a, b = both.extract([plain, other_chroma])
+    brightness, chroma = a[: mean.dim], a[mean.dim :]
+    # two thirds of the energy in the spectrum that "mean" gives (centred), one third in the colour spectra
+    assert np.linalg.norm(brightness) ** 2 == pytest.approx(2 / 3, abs=1e-5)
+    assert np.linalg.norm(chroma) ** 2 == pytest.approx(1 / 3, abs=1e-5)
+    m = mean.extract([plain])[0]
+    m = (m - m.mean()) / np.linalg.norm(m - m.mean())
+    np.testing.assert_allclose(brightness / np.sqrt(2 / 3), m, atol=1e-5)
+    c = opponent.extract([plain])[0][mean.dim :]
+    np.testing.assert_allclose(chroma / np.sqrt(1 / 3), c / np.linalg.norm(c), atol=1e-4)
+    # other colour noise on the same brightness noise moves the colour part more (the mean of the R, G and B
+    # spectra sees some of it too)
+    assert np.abs(a[mean.dim :] - b[mean.dim :]).mean() > 2 * np.abs(a[: mean.dim] - b[: mean.dim]).mean()
