@@ -16,7 +16,7 @@ The scores this statistic reads weigh the generator prototypes at ``open_set_pro
 than the attribution does (``prototype_weight``, 0.8). In the whitened space a query altered in a way no
 degraded copy covers (a crop, a contrast change, a median filter) falls away from every prototype at once,
 which no threshold can tell from an unknown generator, while its nearest stored candidates degrade gracefully:
-at 0.8 the calibrated threshold rejected up to half of the hard benchmark's known queries under those
+at 0.8 the calibrated threshold rejected up to 40% of the hard benchmark's known queries under those
 transforms, at 0.5 none of them. The
 calibrated pair is the decision rule whenever no explicit ``scoring.unknown_threshold`` is set and
 ``scoring.open_set`` is on; an enrolled gallery that covers every generator refines it

@@ -150,14 +150,14 @@ class SpectrumFingerprint(Fingerprint):
             blur = sum(padded[dy : dy + a.shape[0], dx : dx + a.shape[1]] for dy in range(3) for dx in range(3)) / 9
             # s= zero-pads a patch shorter than the window, so every image gives the same frequency grid.
             f = np.fft.rfft2((a - blur).transpose(2, 0, 1), s=(self.window, self.window))
-            red_green, blue_yellow = f[0] - f[1], f[2] - (f[0] + f[1]) / 2  # the residual is linear in the pixels
+            mean = (np.abs(f) ** 2).mean(axis=0, keepdims=True)
             if self.colour == "mean":
-                power += (np.abs(f) ** 2).mean(axis=0, keepdims=True)
-            elif self.colour == "opponent":
-                power += np.abs(np.stack([f.mean(axis=0), red_green, blue_yellow])) ** 2
-            else:  # mean+chroma
-                power += np.concatenate([(np.abs(f) ** 2).mean(axis=0, keepdims=True),
-                                         np.abs(np.stack([red_green, blue_yellow])) ** 2])
+                power += mean
+                continue
+            # the opponent channels' residual spectra from the RGB ones (the residual is linear in the pixels)
+            chroma = np.abs(np.stack([f[0] - f[1], f[2] - (f[0] + f[1]) / 2])) ** 2
+            luminance = np.abs(f.mean(axis=0, keepdims=True)) ** 2
+            power += np.concatenate([luminance if self.colour == "opponent" else mean, chroma])
         logs = np.log(power / len(chosen) + 1e-3)
         if self.colour == "mean":
             return logs.ravel()
