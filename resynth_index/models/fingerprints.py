@@ -119,10 +119,10 @@ class Fingerprint:
         raise NotImplementedError
 
 
-#: how the spectrum treats colour: one spectrum of the channel mean, three of the opponent channels, or the
-#: mean's with the two chroma channels' beside it (its number of spectra)
-SPECTRUM_COLOURS = ("mean", "opponent", "mean+chroma")
+#: how the spectrum treats colour, and how many spectra it keeps: one of the channel mean, three of the opponent
+#: channels, or the mean's with the two chroma channels' beside it
 _SPECTRA = {"mean": 1, "opponent": 3, "mean+chroma": 3}
+SPECTRUM_COLOURS = tuple(_SPECTRA)
 
 
 class SpectrumFingerprint(Fingerprint):
