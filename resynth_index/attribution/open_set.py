@@ -8,9 +8,11 @@ with itself and its prompt's other candidates left out: they share its seed, whi
 * **never indexed**: with its own generator removed, as a query from an unknown generator would be
   (leave-one-generator-out).
 
-Generators differ in how alike their own images are, so the statistic is relative: the best score minus that
-generator's *typical* score (the median score its own sampled candidates get). The threshold lets
-``target_fpr`` of the never-indexed case through; its TPR over the known case is reported beside it.
+The statistic is the best score. The threshold lets ``target_fpr`` of the never-indexed case through; its TPR
+over the known case is reported beside it. Subtracting each generator's *typical* score (the median its own
+candidates get), as the reference galleries do, was measured and dropped: on the hard benchmark it lowered the
+held-out generator's AUROC from 0.931 to 0.897 (TPR at 5% FPR 79.2% to 67.5%), and on the embedded default the
+calibration's TPR from 100% to 99.4% at the same FPR.
 
 The scores this statistic reads weigh the generator prototypes at ``open_set_prototype_weight`` (0.5), less
 than the attribution does (``prototype_weight``, 0.8). In the whitened space a query altered in a way no
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,25 +56,24 @@ class OpenSetCalibration:
     """The ``unknown`` threshold calibrated on the cache, and the rates it reached (None: not calibrated)."""
 
     target_fpr: float
-    threshold: float | None  # relative best score below it -> "unknown"
+    threshold: float | None  # best score below it -> "unknown"
     tpr: float | None  # indexed generators' candidates accepted
     fpr: float | None  # the never-indexed case accepted (<= target_fpr)
-    typical: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     vectors: int = 0  # stored vectors when calibrated (recalibrate when the cache has grown)
     note: str = ""
 
-    def relative(self, scores: Mapping[str, float]) -> float:
-        """The open-set statistic: the best score minus its generator's typical score."""
-        default = float(np.median(list(self.typical.values()))) if self.typical else 0.0
-        return max(s - self.typical.get(g, default) for g, s in scores.items())
+    @staticmethod
+    def statistic(scores: Mapping[str, float]) -> float:
+        """The open-set statistic: the best score."""
+        return max(scores.values())
 
     def to_dict(self) -> dict:
         return {
             "target_fpr": self.target_fpr,
             "threshold": None if self.threshold is None else round(self.threshold, 6),
             "tpr": self.tpr, "fpr": self.fpr, "samples": self.samples, "vectors": self.vectors,
-            "typical": {g: round(v, 6) for g, v in self.typical.items()}, "note": self.note,
+            "note": self.note,
         }
 
 
@@ -160,11 +161,9 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
         # scoring.mode = "restricted" with no prototypes: a candidate has no evidence but its own prompt's
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note="nothing to calibrate on: the scoring reads only the query's own prompt")
-    labels = dict.fromkeys(t for t, _ in rows)
-    typical = {g: float(np.median([s[g] for t, s in rows if t == g])) for g in labels}
-    cal = OpenSetCalibration(fpr, None, None, None, typical, len(rows), vectors)
-    known = np.array([cal.relative(s) for _, s in rows])
-    never = np.array([cal.relative({h: v for h, v in s.items() if h != t}) for t, s in rows])
+    statistic = OpenSetCalibration.statistic
+    known = np.array([statistic(s) for _, s in rows])
+    never = np.array([statistic({h: v for h, v in s.items() if h != t}) for t, s in rows])
     threshold = _threshold_at_fpr(never, fpr)
     # A generator whose fine-tune sibling is indexed too is, once removed, claimed by that sibling as strongly
     # as by itself: at the target FPR such pairs would reject nearly every query. Never reject more than
@@ -172,7 +171,7 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
     floor = float(np.quantile(known, 1.0 - scoring.min_tpr, method="lower"))
     threshold = min(threshold, floor)
     return OpenSetCalibration(fpr, threshold, float((known >= threshold).mean()), float((never >= threshold).mean()),
-                              typical, len(rows), vectors)
+                              len(rows), vectors)
 
 
 __all__ = ["OpenSetCalibration", "calibrate_open_set", "candidate_scores"]

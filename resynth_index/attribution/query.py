@@ -218,7 +218,7 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
         res.margin = decision.margin if decision.margin is not None and np.isfinite(decision.margin) else None
         res.decided_by = _source_of(decision.prediction, resynthesis_scores)
         if open_set is not None and open_set.threshold is not None and resynthesis_scores:
-            statistic = open_set.relative(attributed_scores(
+            statistic = open_set.statistic(attributed_scores(
                 evidence_scores(restricted, unrestricted, prototype, sc, open_set=True), attributed_to))
             res.open_set = {"statistic": round(statistic, 6), "threshold": round(open_set.threshold, 6),
                             "tpr": open_set.tpr, "fpr": open_set.fpr, "applied": sc.open_set}

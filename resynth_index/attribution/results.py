@@ -37,7 +37,8 @@ class Attribution:
     #: configured threshold), ``real_gate`` (the gallery's gate)
     decided_by: str | None = None
     margin: float | None = None  # best score minus the runner-up's (None with a single generator)
-    #: the cache's open-set calibration as applied: statistic (best score minus typical), threshold, TPR, FPR
+    #: the cache's open-set calibration as applied: statistic (the best score with the prototypes
+    #: at ``open_set_prototype_weight``), threshold, TPR, FPR
     open_set: dict[str, Any] | None = None
     #: gallery view, when references are enrolled: fingerprint scores, real margin, thresholds, what decided
     gallery: dict[str, Any] | None = None

@@ -19,8 +19,9 @@ The flow (the stages live in sibling modules; this one runs them and gathers the
     retrieval   the reference-gallery features alone (embedder, spectrum, LIDA's low bit planes), resynthesis
                 alone, and both fused, by Rank-1 and mAP (run_retrieval)
     metrics     metrics.py: top-1/top-3, per-generator accuracy, confusion matrix, macro one-vs-rest ROC-AUC over
-                the known generators, open-set AUROC and TPR at 5% FPR (known vs held-out, confidence = the top
-                score), generations per query, cache hit rate, seconds per query
+                the known generators, open-set AUROC and TPR at 5% FPR (known vs held-out, confidence = the
+                engine's open-set statistic where it reports one, else the top score), generations per query,
+                cache hit rate, seconds per query
     report      report.py: report.json, report.md, PNG plots, index.html
 
 Example::
@@ -122,6 +123,8 @@ def _engine_records(engine, images: Sequence[Image.Image], truths: Sequence[str]
     for r, truth, f in zip(results, truths, files):
         rec = {"file": f, "truth": truth, "prediction": r.prediction, "scores": dict(r.scores), "cache": r.cache,
                "prompt": r.prompt}
+        if r.open_set:
+            rec["open_set_statistic"] = r.open_set["statistic"]
         if r.error:
             rec["error"] = r.error
         records.append(rec)

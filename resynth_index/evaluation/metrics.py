@@ -97,9 +97,11 @@ def tpr_at_fpr(positive: Sequence[float], negative: Sequence[float], max_fpr: fl
     return None if point is None else point[0]
 
 
-def open_set_metrics(known_conf: Sequence[float], unknown_conf: Sequence[float], max_fpr: float = 0.05) -> dict[str, Any]:
-    """Known (indexed) queries vs held-out ones, each scored by its top score. ``threshold_at_{N}fpr`` is the
-    top-score cut-off of that operating point: use it as ``scoring.unknown_threshold`` to say "unknown" there."""
+def open_set_metrics(known_conf: Sequence[float], unknown_conf: Sequence[float], max_fpr: float = 0.05,
+                     confidence: str = "top score") -> dict[str, Any]:
+    """Known (indexed) queries vs held-out ones, each scored by its ``confidence``. ``threshold_at_{N}fpr`` is
+    the cut-off of that operating point (for the top score: a ``scoring.unknown_threshold`` saying "unknown"
+    there)."""
     point = _operating_point(known_conf, unknown_conf, max_fpr)
     pct = round(max_fpr * 100)
     return {
@@ -108,7 +110,20 @@ def open_set_metrics(known_conf: Sequence[float], unknown_conf: Sequence[float],
         f"threshold_at_{pct}fpr": None if point is None else point[1],
         "n_known": len(known_conf),
         "n_unknown": len(unknown_conf),
+        "confidence": confidence,
     }
+
+
+def open_set_figures(known: Sequence[Mapping[str, Any]], unknown: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Open-set metrics on what the engine decides ``unknown`` by: each record's ``open_set_statistic`` when
+    every record has one (the calibrated rule; the top score alone is kept beside it as ``top_score``), else
+    the top score."""
+    top = lambda rs: [max(r["scores"].values()) if r["scores"] else -1e30 for r in rs]  # noqa: E731
+    by_top = open_set_metrics(top(known), top(unknown))
+    if not known or not unknown or not all("open_set_statistic" in r for r in [*known, *unknown]):
+        return by_top
+    stat = lambda rs: [r["open_set_statistic"] for r in rs]  # noqa: E731
+    return {**open_set_metrics(stat(known), stat(unknown), confidence="open-set statistic"), "top_score": by_top}
 
 
 def condition_metrics(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
@@ -124,7 +139,6 @@ def condition_metrics(records: Sequence[Mapping[str, Any]], labels: Sequence[str
     truths = [r["truth"] for r in known]
     preds = [r["prediction"] for r in known]
     scores = [r["scores"] for r in known]
-    conf = lambda rs: [max(r["scores"].values()) if r["scores"] else -1e30 for r in rs]  # noqa: E731
     caches = [r.get("cache") for r in ok if r.get("cache")]
     out = {
         "n": len(records),
@@ -135,7 +149,7 @@ def condition_metrics(records: Sequence[Mapping[str, Any]], labels: Sequence[str
         "per_generator": per_class_accuracy(truths, preds, labels),
         "confusion": confusion_matrix(truths, preds, list(labels)),
         "macro_roc_auc": macro_roc_auc(truths, scores, labels),
-        "open_set": open_set_metrics(conf(known), conf(unknown)),
+        "open_set": open_set_figures(known, unknown),
     }
     if caches:
         counts = {s: caches.count(s) for s in ("hit", "near", "miss")}

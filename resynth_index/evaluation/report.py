@@ -161,7 +161,8 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"- benchmark: {b['queries']} queries ({b['per_generator']} per generator) from {', '.join(b['generators'])}; "
         f"indexed: {', '.join(b['indexed'])}; held out (open set): {', '.join(b['held_out']) or 'none'}",
         "- top-1 and top-3 count the indexed generators' queries only; the open-set metrics score known against "
-        "held-out queries by the top score",
+        "held-out queries by what the engine decides `unknown` by: its calibrated open-set statistic where it "
+        "reports one, else the top score",
         "",
         "## Methods",
         "",

@@ -83,6 +83,18 @@ def test_condition_metrics_combines_them():
     assert with_errors["errors"] == 1 and with_errors["top1"] == 0.5
 
 
+def test_open_set_figures_read_the_engines_statistic_when_every_query_has_one():
+    # the statistic orders the queries differently from the top score: every known above every held-out one
+    statistics = [0.9, 0.7, 0.8, 0.6, 0.5, 0.2]
+    with_statistic = [{**r, "open_set_statistic": s} for r, s in zip(RECORDS, statistics)]
+    m = condition_metrics(with_statistic, ["a", "b"])["open_set"]
+    assert m["confidence"] == "open-set statistic" and m["auroc"] == 1.0 and m["tpr_at_5fpr"] == 1.0
+    assert m["top_score"]["confidence"] == "top score" and m["top_score"]["auroc"] == pytest.approx(0.75)
+    # one query without a statistic (no calibration applied to it): the top score, for every query
+    partial = condition_metrics(with_statistic[:-1] + RECORDS[-1:], ["a", "b"])["open_set"]
+    assert partial["confidence"] == "top score" and partial["auroc"] == pytest.approx(0.75) and "top_score" not in partial
+
+
 # ------------------------------------------------------------------------------------------ transforms
 def _image(seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8))
