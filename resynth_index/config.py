@@ -21,8 +21,8 @@ Example (every key, with its default unless marked)::
     layer = -1                      # -1: the kind's default (efficientnet-lite0: block stage 4; open_clip: final)
                                     # 0: the final embedding; N: block N (open_clip: CLS token of block N)
     batch_size = 32
-    runtime = "auto"                # auto | torch | onnxruntime (auto: ONNX Runtime on the CPU when the
-                                    # [onnx] extra is installed, efficientnet-lite0 only; else torch)
+    runtime = "auto"                # auto | torch | onnxruntime (auto: ONNX Runtime on the CPU for
+                                    # efficientnet-lite0 when it exports there; else torch)
     share_forward = true            # one pass per image when the inverter runs the embedder's network
     fingerprint = "spectrum"        # spectrum | none: join a native-resolution noise-residual spectrum to each
                                     # embedding (fine-tunes differ in texture; README "How it works")

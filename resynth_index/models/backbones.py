@@ -187,7 +187,7 @@ class EfficientNetOnnx:
         except ImportError as exc:
             raise ModelNotAvailableError(
                 "embedder.runtime = 'onnxruntime' needs the onnxruntime and onnx packages "
-                "(pip install 'resynth-index[onnx]')"
+                "(dependencies of resynth-index: reinstall it)"
             ) from exc
         # Export a private copy: the exporter switches train/eval modes of what it exports, and the loaded
         # network is shared (another thread may be running it).

@@ -85,7 +85,6 @@ def test_default_query_runs_the_network_once_per_image_with_identical_attributio
 
 
 def test_onnxruntime_attributes_the_zoo_samples_as_torch_does(index_and_samples):
-    pytest.importorskip("onnxruntime")
     index, paths = index_and_samples
     out, torch_rows = {}, {}
     for runtime in ("torch", "onnxruntime"):
