@@ -11,7 +11,7 @@ Example (every key, with its default unless marked)::
     [resynthesis]
     gamma = 1                       # candidates per generator per prompt, 1..256 (1 keeps the default build under 3 min)
     seed_base = 0                   # shifts every candidate seed (they are derived from the prompt)
-    degraded_copies = 8             # degraded copies (JPEG, blur, down-and-up resize) of each candidate embedded
+    degraded_copies = 2             # degraded copies (JPEG, blur, down-and-up resize) of each candidate embedded
                                     # for the generator prototypes, so they hold on re-encoded images; 0 = none
 
     [embedder]
@@ -170,7 +170,7 @@ MAX_DEGRADED_COPIES = 16
 class ResynthesisConfig:
     gamma: int = 1
     seed_base: int = 0
-    degraded_copies: int = 8
+    degraded_copies: int = 2
 
 
 @dataclass(frozen=True)

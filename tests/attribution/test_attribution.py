@@ -11,6 +11,7 @@ from PIL import Image, PngImagePlugin
 
 from resynth_index import Attributor
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
+from resynth_index.config import load_config
 from resynth_index.store.keys import normalize_prompt
 from resynth_index.evaluation.samples import SAMPLE_PROMPTS, read_manifest, write_samples
 
@@ -50,7 +51,8 @@ def test_generators_side_by_side_store_the_same_vectors_as_one_at_a_time(tmp_pat
             stored = stored_candidates(engine.cache, ns, degraded_namespaces(engine.config.resynthesis, ns))
             vectors[workers] = {(g, kind, c.prompt, c.position): c.vector
                                 for g, pair in stored.items() for kind, found in zip("cd", pair) for c in found}
-    assert vectors[1].keys() == vectors[2].keys() and len(vectors[1]) == 4 * 2 * (1 + 8)
+    copies = engine.config.resynthesis.degraded_copies
+    assert vectors[1].keys() == vectors[2].keys() and len(vectors[1]) == 4 * 2 * (1 + copies)
     for key, vector in vectors[1].items():
         np.testing.assert_array_equal(vector, vectors[2][key], err_msg=str(key))
 
@@ -167,10 +169,12 @@ def test_cli_table_with_manifest_and_info(built):
     assert set(data["config_namespaces"]) == {"tiny-sd", "tiny-sd-wide", "tiny-sdxl", "tiny-pixart"}
     assert set(data["degraded_namespaces"]) == set(data["config_namespaces"]) and data["query_size"] == [64, 64]
     assert data["query_max_size"] == [64, 64]
-    # the degraded copies were built beside the candidates: 8 per candidate
+    # the degraded copies were built beside the candidates: the configured number per candidate
+    copies = load_config(None).resynthesis.degraded_copies
+    assert copies > 0
     stored = {ns: st["vectors"] for ns, st in data["namespaces"].items()}
-    assert all(stored[data["degraded_namespaces"][g]] == 8 * stored[ns] for g, ns in data["config_namespaces"].items())
-    assert data["degraded_copies_per_generator"] == {g: 8 * n for g, n in data["vectors_per_generator"].items()}
+    assert all(stored[data["degraded_namespaces"][g]] == copies * stored[ns] for g, ns in data["config_namespaces"].items())
+    assert data["degraded_copies_per_generator"] == {g: copies * n for g, n in data["vectors_per_generator"].items()}
     assert data["vectors"] == sum(data["vectors_per_generator"].values())  # the copies are counted apart
 
 
