@@ -1,6 +1,7 @@
 """What the degraded copies cost a build (CPU): the embedded default config built over the same prompts with
-``resynthesis.degraded_copies`` = 0 and = 8, alternating, each into a fresh index. Prints the seconds of each
-variant (min and median over the rounds) and the ratio, measured within this one run (the machine is shared).
+``resynthesis.degraded_copies`` = 0, the default (2) and 8 (the default until 2026-12-01), in turn, each into a
+fresh index. Prints the seconds of each variant (min and median over the rounds) and their ratios to no copies,
+measured within this one run (the machine is shared).
 
 Usage: python benchmarks/degraded_copies.py [--prompts 12 --rounds 2 --threads 1]
 """
@@ -19,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from resynth_index import Attributor  # noqa: E402
 from resynth_index.attribution.resynthesis import PACKAGED_PROMPTS, read_prompt_file  # noqa: E402
+from resynth_index.config import load_config  # noqa: E402
 
 
 def build_seconds(copies: int, prompts: list[str], threads: int) -> float:
@@ -39,7 +41,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     prompts = read_prompt_file(PACKAGED_PROMPTS)[: args.prompts]
-    seconds: dict[int, list[float]] = {0: [], 8: []}
+    default = load_config(None).resynthesis.degraded_copies
+    seconds: dict[int, list[float]] = {c: [] for c in sorted({0, default, 8})}
     for _ in range(args.rounds):
         for copies in seconds:
             seconds[copies].append(build_seconds(copies, prompts, args.threads))
@@ -48,7 +51,9 @@ def main() -> None:
     print("|---|---|---|")
     for copies, s in seconds.items():
         print(f"| {copies} | {min(s):.1f} | {statistics.median(s):.1f} |")
-    print(f"ratio 8 / 0 (medians): {statistics.median(seconds[8]) / statistics.median(seconds[0]):.3f}")
+    for copies in seconds:
+        if copies:
+            print(f"ratio {copies} / 0 (medians): {statistics.median(seconds[copies]) / statistics.median(seconds[0]):.3f}")
 
 
 if __name__ == "__main__":
