@@ -104,7 +104,8 @@ class Attributor:
         self._gallery = None
         self._gallery_view = None  # (gallery version, GalleryView)
         self._open_set: OpenSetCalibration | None = None
-        self._prototypes: tuple[int, Prototypes | None] | None = None  # (stored vectors when fitted, fit)
+        # (stored vectors when fitted, the attribution's prototypes, the open set's)
+        self._prototypes: tuple[int, Prototypes | None, Prototypes | None] | None = None
         self._generator_names: GeneratorNames | None = None
         self._query_size: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None  # once worked out
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
@@ -396,7 +397,8 @@ class Attributor:
                                          gallery_view=self.gallery_view)
         query.score_and_decide(batch, evidence, config=self.config, top_k=top_k,
                                open_set=self.open_set_calibration() if ns else None,
-                               prototypes=self.prototypes() if ns else None)
+                               prototypes=self.prototypes() if ns else None,
+                               open_set_prototypes=self.open_set_prototypes() if ns else None)
         provenance_step.settle(batch.results, provs)
 
     def _stored_vectors(self) -> int:
@@ -431,19 +433,37 @@ class Attributor:
         """Each generator's whitened class mean over its cached candidates
         (:mod:`~resynth_index.attribution.prototypes`), refitted when the cache has grown by a tenth; None when
         ``scoring.prototype_weight`` is 0 or some generator has too few candidates."""
-        from .prototypes import fit_prototypes, stored_candidates
+        return self._fitted_prototypes()[1]
+
+    def open_set_prototypes(self) -> Prototypes | None:
+        """The prototypes the open-set statistic reads: the same class means, whitened with the covariance shrunk
+        per embedding block (:data:`~resynth_index.attribution.prototypes.OPEN_SET_SHRINKAGE`)."""
+        return self._fitted_prototypes()[2]
+
+    def _fitted_prototypes(self) -> tuple[int, Prototypes | None, Prototypes | None]:
+        from .prototypes import OPEN_SET_SHRINKAGE, fit_prototypes, stored_candidates
 
         ns = self.namespaces
         if self.config.scoring.prototype_weight <= 0 or not ns:
-            return None
+            return (0, None, None)
         vectors = self._stored_vectors()
         fitted = self._prototypes
         if fitted is None or vectors > fitted[0] * 1.1 or vectors < fitted[0]:
             stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns))
-            fit = fit_prototypes({g: [c.vector for c in clean] for g, (clean, _) in stored.items()},
-                                 degraded={g: [c.vector for c in copies] for g, (_, copies) in stored.items()})
-            self._prototypes = fitted = (vectors, fit)
-        return fitted[1]
+            clean = {g: [c.vector for c in clean] for g, (clean, _) in stored.items()}
+            copies = {g: [c.vector for c in copies] for g, (_, copies) in stored.items()}
+            self._prototypes = fitted = (
+                vectors, fit_prototypes(clean, degraded=copies),
+                fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=self.embedding_blocks()))
+        return fitted
+
+    def embedding_blocks(self) -> tuple[int, ...] | None:
+        """The sizes of the stored embeddings' blocks (semantic features, fingerprint); None before anything is
+        stored."""
+        from ..models.embedders import embedding_blocks
+
+        dims = {st["dim"] for n, st in self.cache.namespaces().items() if n in set(self.namespaces.values())}
+        return embedding_blocks(self.config.embedder, dims.pop()) if len(dims) == 1 else None
 
     def open_set_calibration(self) -> OpenSetCalibration | None:
         """The cache's leave-one-generator-out calibration of ``unknown`` (:mod:`~resynth_index.attribution.open_set`),
@@ -460,7 +480,8 @@ class Attributor:
         if cal is None or vectors > cal.vectors * 1.1 or vectors < cal.vectors:
             cal = self._open_set = calibrate_open_set(self.cache, ns, sc,
                                                       degraded_namespaces(self.config.resynthesis, ns),
-                                                      attributed_to=self.config.attributed_to)
+                                                      attributed_to=self.config.attributed_to,
+                                                      blocks=self.embedding_blocks())
         return cal
 
     @property

@@ -31,7 +31,7 @@ upper bound for queries made under other settings or transformed; ``rindex eval`
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,6 +92,7 @@ def _fold(prompt: str) -> int:
 
 def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
                      degraded: Mapping[str, str] | None = None, *, attributed_to: Mapping[str, str] | None = None,
+                     blocks: Sequence[int] | None = None,
                      per_generator: int = SAMPLES_PER_GENERATOR) -> list[tuple[str, dict[str, float]]]:
     """(true generator, per-generator scores) for up to ``per_generator`` of each generator's cached candidates
     and as many of their degraded copies (``degraded``: generator -> their namespace), each scored as a query
@@ -99,10 +100,11 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
     variants (``attributed_to``: generator -> the name it is attributed to) count as their generator, so that
     leaving a generator out leaves its variants out too.
 
-    The prototypes are cross-fitted: the prompts are split in two halves, and each half is scored against
-    prototypes fitted on the other (a whitening fitted on a candidate would flatter it: in a few hundred
-    dimensions the within-generator covariance is estimated from few candidates)."""
-    from .prototypes import fit_prototypes, stored_candidates
+    The prototypes are the open set's (shrunk per embedding block, ``blocks``; :data:`OPEN_SET_SHRINKAGE`) and
+    cross-fitted: the prompts are split in two halves, and each half is scored against prototypes fitted on the
+    other (a whitening fitted on a candidate would flatter it: in a few hundred dimensions the within-generator
+    covariance is estimated from few candidates)."""
+    from .prototypes import OPEN_SET_SHRINKAGE, fit_prototypes, stored_candidates
 
     stored = stored_candidates(cache, namespaces, degraded)
     names = attributed_to or {}
@@ -113,8 +115,9 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
     for fold in (0, 1):
         other_half = {g: ([c.vector for c in clean if _fold(c.prompt) != fold],
                           [c.vector for c in copies if _fold(c.prompt) != fold]) for g, (clean, copies) in stored.items()}
-        prototypes = (fit_prototypes({g: c for g, (c, _) in other_half.items()},
-                                     degraded={g: d for g, (_, d) in other_half.items()}) if use_prototypes else None)
+        prototypes = (fit_prototypes({g: c for g, (c, _) in other_half.items()}, OPEN_SET_SHRINKAGE,
+                                     degraded={g: d for g, (_, d) in other_half.items()}, blocks=blocks)
+                      if use_prototypes else None)
         for g in namespaces:
             clean, degraded = stored[g]
             degraded = [c for c in degraded if _fold(c.prompt) == fold]
@@ -144,6 +147,7 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
 
 def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
                        degraded: Mapping[str, str] | None = None, *, attributed_to: Mapping[str, str] | None = None,
+                       blocks: Sequence[int] | None = None,
                        per_generator: int = SAMPLES_PER_GENERATOR) -> OpenSetCalibration:
     """Leave-one-generator-out calibration of the ``unknown`` threshold over the cached candidates (settings
     variants, ``attributed_to``, are left out with their generator)."""
@@ -155,7 +159,7 @@ def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], sco
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note=f"needs two or more generators with {MIN_SAMPLES}+ cached candidates each "
                                        f"(have {counts}); build more prompts")
-    rows = candidate_scores(cache, namespaces, scoring, degraded, attributed_to=attributed_to,
+    rows = candidate_scores(cache, namespaces, scoring, degraded, attributed_to=attributed_to, blocks=blocks,
                             per_generator=per_generator)
     if len({t for t, _ in rows}) < 2:
         # scoring.mode = "restricted" with no prototypes: a candidate has no evidence but its own prompt's

@@ -16,7 +16,7 @@ its own generator's mean, which the open-set calibration uses to score candidate
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,12 @@ MIN_PER_GENERATOR = 8
 #: (the chroma spectra joined) has 2.7x fewer cached vectors per dimension, and on the hard benchmark 0.2 kept
 #: clean top-1 within a query of 0.1 while JPEG 75 rose from 89.2% to 91.7% (README *Measured results*)
 SHRINKAGE = 0.2
+#: the open set's shrinkage, with a target per embedding block (``blocks``, below). One average variance for all
+#: dimensions is far above a fingerprint dimension's own (the semantic block holds half the energy in 80 of 1,712
+#: dimensions), so the attribution's prototypes barely whiten the fingerprint, whose texture is what sets an
+#: unknown sibling apart. Measured on the hard benchmark's held-out generator and the embedded default's
+#: calibration (README *Open set*): AUROC 0.939 -> 0.981, calibrated TPR at 5% FPR 100% -> 99.2%
+OPEN_SET_SHRINKAGE = 0.8
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -66,10 +72,17 @@ class Prototypes:
 
 
 def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = SHRINKAGE,
-                   degraded: Mapping[str, np.ndarray] | None = None) -> Prototypes | None:
+                   degraded: Mapping[str, np.ndarray] | None = None,
+                   blocks: Sequence[int] | None = None) -> Prototypes | None:
     """Fit the whitened class means from each generator's candidate vectors and (``degraded``) the vectors of
     their degraded copies; None when some generator has fewer than :data:`MIN_PER_GENERATOR` candidates (copies
-    do not count: copies of a few candidates are still a few candidates) or there are fewer than two."""
+    do not count: copies of a few candidates are still a few candidates) or there are fewer than two.
+
+    The covariance is shrunk towards its average variance, or with ``blocks`` (the sizes of the embedding's
+    consecutive blocks, :func:`~resynth_index.models.embedders.embedding_blocks`) towards, per block, the
+    geometric mean of that and the block's own average variance: each block's own alone whitens the fingerprint
+    fully and drowns the semantic features that tell unrelated generators apart (the embedded default's
+    calibration fell to TPR 98.4% at 5% FPR), one for all drowns the fingerprint."""
     if len(per_generator) < 2 or min(len(v) for v in per_generator.values()) < MIN_PER_GENERATOR:
         return None
     degraded = degraded or {}
@@ -79,7 +92,14 @@ def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = S
     within = np.concatenate([v - v.mean(axis=0) for v in data.values()])
     cov = within.T @ within / len(within)
     d = cov.shape[0]
-    cov = (1.0 - shrinkage) * cov + shrinkage * (np.trace(cov) / d) * np.eye(d)
+    sizes = list(blocks) if blocks else [d]
+    if sum(sizes) != d or min(sizes) < 1:
+        raise ValueError(f"blocks {sizes} do not split {d} dimensions")
+    bounds = np.cumsum([0] + sizes)
+    overall = np.trace(cov) / d
+    target = np.concatenate([np.full(n, np.sqrt(overall * np.trace(cov[a:b, a:b]) / n))
+                             for a, b, n in zip(bounds, bounds[1:], sizes)])
+    cov = (1.0 - shrinkage) * cov + shrinkage * np.diag(target)
     values, vecs = np.linalg.eigh(cov)
     whiten = vecs / np.sqrt(np.maximum(values, 1e-12 * values.max()))
     sums = {g: ((v - mean) @ whiten).sum(axis=0) for g, v in data.items()}
@@ -95,4 +115,4 @@ def stored_candidates(cache: CandidateCache, namespaces: Mapping[str, str], degr
             for g, ns in namespaces.items()}
 
 
-__all__ = ["MIN_PER_GENERATOR", "Prototypes", "fit_prototypes", "stored_candidates"]
+__all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "fit_prototypes", "stored_candidates"]

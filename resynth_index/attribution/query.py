@@ -187,7 +187,8 @@ def gather_evidence(batch: QueryBatch, *, cache: CandidateCache | None, namespac
 
 
 def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: Config, top_k: int,
-                     open_set: OpenSetCalibration | None = None, prototypes: Prototypes | None = None) -> None:
+                     open_set: OpenSetCalibration | None = None, prototypes: Prototypes | None = None,
+                     open_set_prototypes: Prototypes | None = None) -> None:
     """Per image: restricted and unrestricted scores, combined, fused with the gallery's fingerprint scores,
     the decision (``unknown`` below the cache's calibrated open-set threshold; the gallery's calibrated gates
     may turn it into ``real`` or ``unknown``), what decided it and by what margin, and the top ``top_k``
@@ -218,8 +219,9 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
         res.margin = decision.margin if decision.margin is not None and np.isfinite(decision.margin) else None
         res.decided_by = _source_of(decision.prediction, resynthesis_scores)
         if open_set is not None and open_set.threshold is not None and resynthesis_scores:
+            open_prototype = open_set_prototypes.scores(q) if open_set_prototypes is not None else prototype
             statistic = open_set.statistic(attributed_scores(
-                evidence_scores(restricted, unrestricted, prototype, sc, open_set=True), attributed_to))
+                evidence_scores(restricted, unrestricted, open_prototype, sc, open_set=True), attributed_to))
             res.open_set = {"statistic": round(statistic, 6), "threshold": round(open_set.threshold, 6),
                             "tpr": open_set.tpr, "fpr": open_set.fpr, "applied": sc.open_set}
             if sc.open_set and res.prediction != UNKNOWN and statistic < open_set.threshold:

@@ -495,3 +495,14 @@ def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto
         embedder = FingerprintedEmbedder(embedder, spectrum, cfg.fingerprint_weight)
     embedder.share_forward = cfg.share_forward
     return embedder
+
+
+def embedding_blocks(cfg: EmbedderConfig, dim: int) -> tuple[int, ...]:
+    """The sizes of the blocks a ``dim``-dimensional embedding made as ``cfg`` says joins: the semantic features,
+    then the fingerprint's spectrum when there is one. Worked out from the config, so nothing is loaded."""
+    if cfg.fingerprint == "none":
+        return (dim,)
+    from .fingerprints import SpectrumFingerprint
+
+    spectrum = SpectrumFingerprint(window=cfg.fingerprint_window, colour=cfg.fingerprint_colour).dim
+    return (dim - spectrum, spectrum) if dim > spectrum else (dim,)

@@ -3,6 +3,7 @@ every result says what decided it and by what margin."""
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -35,7 +36,8 @@ def test_calibration_holds_its_false_positive_rate_on_the_cache(index):
         cal = engine.open_set_calibration()
         copies = engine.config.resynthesis.degraded_copies
         rows = candidate_scores(engine.cache, engine.namespaces, engine.config.scoring,
-                                degraded_namespaces(engine.config.resynthesis, engine.namespaces))
+                                degraded_namespaces(engine.config.resynthesis, engine.namespaces),
+                                blocks=engine.embedding_blocks())
     # every candidate and (up to the sample size) its degraded copies are pseudo-queries: the threshold must
     # hold for both
     assert copies and cal.threshold is not None and cal.samples == len(rows) > 2 * MIN_SAMPLES
@@ -80,6 +82,16 @@ def test_explicit_threshold_wins_and_open_set_can_be_turned_off(index):
         assert engine.open_set_calibration().threshold is not None
     assert all(r.prediction != "unknown" and r.decided_by == "resynthesis" for r in results)
     assert all(r.open_set["applied"] is False for r in results)
+
+
+def test_the_open_set_reads_prototypes_shrunk_per_embedding_block(index):
+    idx, _ = index
+    with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
+        dims = {st["dim"] for st in engine.cache.namespaces().values()}
+        # the semantic features, then the residual spectra, worked out from the config alone
+        assert engine.embedding_blocks() == (80, 3 * 32 * 17) and dims == {80 + 3 * 32 * 17}
+        attribution, open_set = engine.prototypes(), engine.open_set_prototypes()
+        assert attribution.counts == open_set.counts and not np.allclose(attribution.whiten, open_set.whiten)
 
 
 def test_a_small_cache_is_not_calibrated_and_says_why(tmp_path):
@@ -175,7 +187,12 @@ def test_the_open_set_statistic_weighs_the_prototypes_at_its_own_weight(index):
     assert found[(0.8, 0.5)][:2] == found[(0.5, 0.5)][:2]
     assert found[(0.8, 0.5)][2] != found[(0.5, 0.5)][2] and found[(0.8, 0.5)][2] == found[(0.8, 0.8)][2]
     assert found[(0.8, 0.5)][1] != found[(0.8, 0.8)][1]
-    # the statistic is the best score read at the open-set weight: with one weight for both, the top score
-    for weights in ((0.5, 0.5), (0.8, 0.8)):
-        _, statistics, scores = found[weights]
-        assert statistics == [pytest.approx(max(s.values()), abs=1e-6) for s in scores]
+    # Without prototypes the statistic is the top score. With them it reads the open set's own prototypes
+    # (shrunk per embedding block), so even at one weight for both it is not.
+    none = {**CONFIG, "scoring": {**CONFIG["scoring"], "prototype_weight": 0.0}}
+    with Attributor(none, index=idx, device="cpu", readonly=True) as engine:
+        results = engine.attribute([samples], resynthesize=False)
+    assert [r.open_set["statistic"] for r in results] == [pytest.approx(max(r.scores.values()), abs=1e-6)
+                                                          for r in results]
+    _, statistics, scores = found[(0.8, 0.8)]
+    assert all(abs(st - max(s.values())) > 1e-5 for st, s in zip(statistics, scores))

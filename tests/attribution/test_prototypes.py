@@ -4,7 +4,7 @@ nearest-class-mean rule)."""
 import numpy as np
 import pytest
 
-from resynth_index.attribution.prototypes import MIN_PER_GENERATOR, fit_prototypes
+from resynth_index.attribution.prototypes import MIN_PER_GENERATOR, OPEN_SET_SHRINKAGE, fit_prototypes
 
 
 def _classes(rng, n, shift):
@@ -61,3 +61,30 @@ def test_degraded_copies_join_the_fit_but_do_not_count_as_candidates():
     a, b = _classes(rng, 20, 1.0)
     protos = fit_prototypes({"a": a, "b": b}, degraded={"a": a + 0.1, "b": b - 0.1})
     assert protos.counts == {"a": 40, "b": 40} and protos.vectors == 80
+
+
+def _blocked(rng, n, generator):
+    # a 4-d "semantic" block of large variance that carries nothing, and a 40-d "fingerprint" block of small
+    # variance in which each generator (3 is never fitted: an unknown one) shifts 10 dimensions of its own
+    x = rng.standard_normal((n, 44)) * np.r_[np.full(4, 5.0), np.full(40, 0.05)]
+    x[:, 4 + 10 * generator:14 + 10 * generator] += 0.1
+    return x
+
+
+def test_a_target_per_block_keeps_a_low_variance_block_from_being_drowned():
+    rng = np.random.default_rng(5)
+    fitted = {f"g{k}": _blocked(rng, 200, k) for k in range(3)}
+    known = [q for k in range(3) for q in _blocked(rng, 40, k)]
+    unknown = list(_blocked(rng, 40, 3))
+    flat, blocked = (fit_prototypes(fitted, OPEN_SET_SHRINKAGE, blocks=b) for b in (None, (4, 40)))
+
+    def separation(protos):  # AUROC of the best score, known against the never-fitted generator
+        k, u = ([max(protos.scores(q).values()) for q in qs] for qs in (known, unknown))
+        return np.mean([[a > b for b in u] for a in k])
+
+    assert separation(blocked) >= 0.85 and separation(flat) <= 0.7
+    # one block is the flat target, and blocks that do not split the dimensions are refused
+    one = fit_prototypes(fitted, OPEN_SET_SHRINKAGE, blocks=(44,))
+    np.testing.assert_allclose(one.whiten, flat.whiten)
+    with pytest.raises(ValueError, match="do not split 44"):
+        fit_prototypes(fitted, blocks=(4, 41))
