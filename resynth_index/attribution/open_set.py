@@ -19,7 +19,9 @@ than the attribution does (``prototype_weight``, 0.8). In the whitened space a q
 degraded copy covers (a crop, a contrast change, a median filter) falls away from every prototype at once,
 which no threshold can tell from an unknown generator, while its nearest stored candidates degrade gracefully:
 at 0.8 the calibrated threshold rejected up to 40% of the hard benchmark's known queries under those
-transforms, at 0.5 none of them. The
+transforms, at 0.5 none of them. The prototypes it reads are its own: the same class means, whitened with the
+covariance shrunk per embedding block (:data:`~resynth_index.attribution.prototypes.OPEN_SET_SHRINKAGE`), so
+that the fingerprint, which sets an unknown sibling apart, is not drowned by the semantic features. The
 calibrated pair is the decision rule whenever no explicit ``scoring.unknown_threshold`` is set and
 ``scoring.open_set`` is on; an enrolled gallery that covers every generator refines it
 (:mod:`resynth_index.gallery.matching`).
