@@ -39,6 +39,7 @@ import torch
 from PIL.PngImagePlugin import PngInfo
 
 from .._quiet import quiet_loading
+from .metrics import rate_interval
 
 #: Bumped whenever a generator, a query or the layout changes.
 HARD_VERSION = "hard-v1"
@@ -319,7 +320,9 @@ def hard_metrics(records: list[dict[str, Any]], flags: dict[str, dict[str, Any]]
     mismatched = [r for r in known if flags.get(r["file"], {}).get("call")]
     return {
         "top1_known": acc(known),
+        "top1_known_interval": rate_interval(sum(r["prediction"] == r["truth"] for r in known), len(known)),
         "sibling_confusion": len(confused) / len(siblings) if siblings else None,
+        "sibling_confusion_interval": rate_interval(len(confused), len(siblings)),
         "called_differently_top1": acc(mismatched),
         "with_metadata_top1": acc([r for r in known if flags.get(r["file"], {}).get("metadata")]),
         "without_metadata_top1": acc([r for r in known if not flags.get(r["file"], {}).get("metadata")]),

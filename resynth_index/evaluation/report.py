@@ -100,6 +100,22 @@ def hard_table(result: Mapping[str, Any]) -> str:
                    "without metadata", "open-set AUROC", "TPR@5%FPR"] + conds, rows) if rows else ""
 
 
+def hard_intervals(result: Mapping[str, Any]) -> str:
+    """One line per variant: the 95% intervals of its clean top-1, sibling confusion and open-set AUROC."""
+    def span(iv, pct=True):
+        return "–" if not iv else f"{_f(iv[0], pct, 1 if pct else 3)}–{_f(iv[1], pct, 1 if pct else 3)}"
+
+    lines = []
+    for v, data in result["variants"].items():
+        clean = data["conditions"].get(CLEAN, {})
+        h = clean.get("hard")
+        if h is not None:
+            lines.append(f"- {display_name(v, result)}: top-1 {span(h.get('top1_known_interval'))}, sibling "
+                         f"confusion {span(h.get('sibling_confusion_interval'))}, open-set AUROC "
+                         f"{span(clean['open_set'].get('auroc_interval'), False)}")
+    return "\n".join(lines)
+
+
 def per_generator_table(result: Mapping[str, Any], condition: str = CLEAN) -> str:
     labels = result["benchmark"]["indexed"]
     rows = [[display_name(v, result)] + [_f(d["conditions"][condition]["per_generator"].get(g)) for g in labels]
@@ -169,7 +185,10 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         *METHODS,
         "",
         *(["## Hard benchmark (clean unless a transform is named; top-1 on known generators)", "",
-           hard_table(result), ""] if hard_table(result) else []),
+           hard_table(result), "",
+           "95% intervals on clean queries (Wilson for the rates, a bootstrap of each class for the AUROC): "
+           "one query of 120 moves top-1 by 0.8 points, so read a figure near a target with its interval.", "",
+           hard_intervals(result), ""] if hard_table(result) else []),
         "## Top-1 accuracy, clean and under each transform",
         "",
         accuracy_table(result),

@@ -22,6 +22,7 @@ from resynth_index.evaluation.metrics import (
     macro_roc_auc,
     open_set_metrics,
     per_class_accuracy,
+    rate_interval,
     topk_accuracy,
     tpr_at_fpr,
 )
@@ -71,6 +72,28 @@ def test_open_set_auroc_and_tpr_at_fpr_by_hand():
     assert m["threshold_at_5fpr"] == pytest.approx(0.8)  # the lowest cut-off that still rejects 0.7
     assert tpr_at_fpr(known, unknown, 0.5) == pytest.approx(1.0)  # one held-out accepted: all known above 0.3
     assert (m["n_known"], m["n_unknown"]) == (4, 2)
+
+
+def test_intervals_of_a_rate_and_of_an_auroc():
+    # Wilson by hand for 114 of 120: centre (p + z^2/2n) / (1 + z^2/n), half-width
+    # z sqrt(p(1 - p)/n + z^2/4n^2) / (1 + z^2/n) with p = 0.95, z = 1.96
+    z, n, p = 1.959964, 120, 0.95
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert rate_interval(114, 120) == pytest.approx([centre - half, centre + half], abs=1e-6)
+    assert rate_interval(0, 72)[0] == 0.0 and rate_interval(0, 0) is None
+    # the bootstrap interval holds the AUROC, narrows with more queries, is reproducible, and is a point when
+    # the classes are apart
+    rng = np.random.default_rng(0)
+    known, unknown = rng.normal(1, 1, 120), rng.normal(-1, 1, 24)
+    m = open_set_metrics(known, unknown)
+    lo, hi = m["auroc_interval"]
+    assert lo < m["auroc"] < hi and hi - lo > 0.02
+    assert open_set_metrics(known, unknown)["auroc_interval"] == [lo, hi]
+    more = open_set_metrics(rng.normal(1, 1, 1200), rng.normal(-1, 1, 240))["auroc_interval"]
+    assert more[1] - more[0] < (hi - lo) / 2
+    assert open_set_metrics([2.0, 3.0, 4.0], [0.0, 1.0])["auroc_interval"] == [1.0, 1.0]
+    assert open_set_metrics([2.0], [0.0])["auroc_interval"] is None
 
 
 def test_condition_metrics_combines_them():

@@ -18,6 +18,8 @@ from resynth_index.evaluation.hard import (
     hard_metrics,
     read_query_flags,
 )
+from resynth_index.evaluation.metrics import open_set_metrics
+from resynth_index.evaluation.report import hard_intervals
 from resynth_index.images.decode import decode_image
 from resynth_index.models.zoo import build_zoo_pipeline
 
@@ -106,3 +108,17 @@ def test_hard_metrics_count_sibling_confusion_and_subsets():
     assert m["sibling_confusion"] == pytest.approx(1 / 2)
     assert m["called_differently_top1"] == 0.0
     assert m["with_metadata_top1"] == pytest.approx(1 / 2) and m["without_metadata_top1"] == pytest.approx(1 / 2)
+    # with 4 and 2 queries the 95% intervals are wide, and hold the rates
+    (lo, hi), (slo, shi) = m["top1_known_interval"], m["sibling_confusion_interval"]
+    assert lo < 0.5 < hi and hi - lo > 0.5 and slo < 0.5 < shi
+
+
+def test_the_report_gives_each_variant_its_intervals():
+    records = [{"file": f"q{i}", "truth": "sd", "prediction": "sd" if i < 114 else "sd-ft-light"} for i in range(120)]
+    hard = hard_metrics(records, {})
+    clean = {"hard": hard, "open_set": open_set_metrics([0.9, 0.8, 0.7], [0.75, 0.1])}
+    result = {"variants": {"ours": {"config": {"gamma": 1, "mode": "both", "aggregate": "max"},
+                                    "conditions": {"clean": clean}}}}
+    line = hard_intervals(result)
+    assert line == ("- ours (γ=1, both, max): top-1 89.5%–97.7%, sibling confusion 2.3%–10.5%, open-set AUROC "
+                    f"{clean['open_set']['auroc_interval'][0]:.3f}–{clean['open_set']['auroc_interval'][1]:.3f}")
