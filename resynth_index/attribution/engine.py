@@ -104,8 +104,8 @@ class Attributor:
         self._gallery = None
         self._gallery_view = None  # (gallery version, GalleryView)
         self._open_set: OpenSetCalibration | None = None
-        # (stored vectors when fitted, the attribution's prototypes, the open set's)
-        self._prototypes: tuple[int, Prototypes | None, Prototypes | None] | None = None
+        # "attribution" | "open_set" -> (stored vectors when fitted, the fit)
+        self._prototypes: dict[str, tuple[int, Prototypes | None]] = {}
         self._generator_names: GeneratorNames | None = None
         self._query_size: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None  # once worked out
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
@@ -395,10 +395,12 @@ class Attributor:
                 self.resynthesis_seconds_per_prompt = per_prompt if prev is None else 0.7 * prev + 0.3 * per_prompt
         evidence = query.gather_evidence(batch, cache=cache, namespaces=ns, scoring=self.config.scoring,
                                          gallery_view=self.gallery_view)
-        query.score_and_decide(batch, evidence, config=self.config, top_k=top_k,
-                               open_set=self.open_set_calibration() if ns else None,
+        calibration = self.open_set_calibration() if ns else None
+        query.score_and_decide(batch, evidence, config=self.config, top_k=top_k, open_set=calibration,
                                prototypes=self.prototypes() if ns else None,
-                               open_set_prototypes=self.open_set_prototypes() if ns else None)
+                               open_set_prototypes=(self.open_set_prototypes()
+                                                    if calibration is not None and calibration.threshold is not None
+                                                    else None))
         provenance_step.settle(batch.results, provs)
 
     def _stored_vectors(self) -> int:
@@ -433,29 +435,30 @@ class Attributor:
         """Each generator's whitened class mean over its cached candidates
         (:mod:`~resynth_index.attribution.prototypes`), refitted when the cache has grown by a tenth; None when
         ``scoring.prototype_weight`` is 0 or some generator has too few candidates."""
-        return self._fitted_prototypes()[1]
+        return self._fitted_prototypes("attribution")
 
     def open_set_prototypes(self) -> Prototypes | None:
         """The prototypes the open-set statistic reads: the same class means, whitened with the covariance shrunk
-        per embedding block (:data:`~resynth_index.attribution.prototypes.OPEN_SET_SHRINKAGE`)."""
-        return self._fitted_prototypes()[2]
+        per embedding block (:data:`~resynth_index.attribution.prototypes.OPEN_SET_SHRINKAGE`); fitted only when
+        asked for (an explicit threshold or too small a cache never needs them)."""
+        return self._fitted_prototypes("open_set")
 
-    def _fitted_prototypes(self) -> tuple[int, Prototypes | None, Prototypes | None]:
+    def _fitted_prototypes(self, kind: str) -> Prototypes | None:
         from .prototypes import OPEN_SET_SHRINKAGE, fit_prototypes, stored_candidates
 
         ns = self.namespaces
         if self.config.scoring.prototype_weight <= 0 or not ns:
-            return (0, None, None)
+            return None
         vectors = self._stored_vectors()
-        fitted = self._prototypes
+        fitted = self._prototypes.get(kind)
         if fitted is None or vectors > fitted[0] * 1.1 or vectors < fitted[0]:
             stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns))
             clean = {g: [c.vector for c in clean] for g, (clean, _) in stored.items()}
             copies = {g: [c.vector for c in copies] for g, (_, copies) in stored.items()}
-            self._prototypes = fitted = (
-                vectors, fit_prototypes(clean, degraded=copies),
-                fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=self.embedding_blocks()))
-        return fitted
+            fit = (fit_prototypes(clean, degraded=copies) if kind == "attribution" else
+                   fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=self.embedding_blocks()))
+            self._prototypes[kind] = fitted = (vectors, fit)
+        return fitted[1]
 
     def embedding_blocks(self) -> tuple[int, ...] | None:
         """The sizes of the stored embeddings' blocks (semantic features, fingerprint); None before anything is
