@@ -272,6 +272,8 @@ def info(index, config, as_json, threads):
                 extra = ", ".join(f"{k}={json.dumps(v)}" for k, v in c["call"].items()) or "-"
                 click.echo(f"  {name}: steps={c['steps']} guidance={c['guidance']} size={size} "
                            f"scheduler={c['scheduler'] or 'default'} call: {extra}")
+        elif key == "siblings":  # groups the prototypes alone tell apart
+            click.echo(f"{key}: " + ("; ".join(", ".join(group) for group in value) or "none"))
         elif isinstance(value, dict):
             click.echo(f"{key}:")
             for k, v in value.items():

@@ -106,6 +106,7 @@ class Attributor:
         self._open_set: OpenSetCalibration | None = None
         # "attribution" | "open_set" -> (stored vectors when fitted, the fit)
         self._prototypes: dict[str, tuple[int, Prototypes | None]] = {}
+        self._siblings: dict[str, frozenset[str]] = {}  # found with the attribution's prototypes
         self._generator_names: GeneratorNames | None = None
         self._query_size: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None  # once worked out
         self.images_generated = 0  # candidate images this engine has generated (build and write-through)
@@ -397,7 +398,7 @@ class Attributor:
                                          gallery_view=self.gallery_view)
         calibration = self.open_set_calibration() if ns else None
         query.score_and_decide(batch, evidence, config=self.config, top_k=top_k, open_set=calibration,
-                               prototypes=self.prototypes() if ns else None,
+                               prototypes=self.prototypes() if ns else None, siblings=self.siblings() if ns else None,
                                open_set_prototypes=(self.open_set_prototypes()
                                                     if calibration is not None and calibration.threshold is not None
                                                     else None))
@@ -443,8 +444,14 @@ class Attributor:
         asked for (an explicit threshold or too small a cache never needs them)."""
         return self._fitted_prototypes("open_set")
 
+    def siblings(self) -> dict[str, frozenset[str]]:
+        """Generator -> its group of fine-tune siblings, the generators whose cached candidates are near copies of
+        its own (:func:`~resynth_index.attribution.prototypes.sibling_groups`), which the prototypes alone rank;
+        found and refreshed with :meth:`prototypes` (empty without them)."""
+        return self._siblings if self.prototypes() is not None else {}
+
     def _fitted_prototypes(self, kind: str) -> Prototypes | None:
-        from .prototypes import OPEN_SET_SHRINKAGE, fit_prototypes, stored_candidates
+        from .prototypes import OPEN_SET_SHRINKAGE, fit_prototypes, sibling_groups, stored_candidates
 
         ns = self.namespaces
         if self.config.scoring.prototype_weight <= 0 or not ns:
@@ -455,8 +462,11 @@ class Attributor:
             stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns))
             clean = {g: [c.vector for c in clean] for g, (clean, _) in stored.items()}
             copies = {g: [c.vector for c in copies] for g, (_, copies) in stored.items()}
-            fit = (fit_prototypes(clean, degraded=copies) if kind == "attribution" else
-                   fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=self.embedding_blocks()))
+            if kind == "attribution":
+                fit = fit_prototypes(clean, degraded=copies)
+                self._siblings = sibling_groups({g: clean for g, (clean, _) in stored.items()})
+            else:
+                fit = fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=self.embedding_blocks())
             self._prototypes[kind] = fitted = (vectors, fit)
         return fitted[1]
 
@@ -528,6 +538,7 @@ class Attributor:
         }
         cal = self.open_set_calibration()
         info["open_set"] = None if cal is None else cal.to_dict()
+        info["siblings"] = [list(group) for group in sorted({tuple(sorted(g)) for g in self.siblings().values()})]
         return info
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping
 
 import numpy as np
 
@@ -188,11 +188,13 @@ def gather_evidence(batch: QueryBatch, *, cache: CandidateCache | None, namespac
 
 def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: Config, top_k: int,
                      open_set: OpenSetCalibration | None = None, prototypes: Prototypes | None = None,
-                     open_set_prototypes: Prototypes | None = None) -> None:
+                     open_set_prototypes: Prototypes | None = None,
+                     siblings: Mapping[str, Collection[str]] | None = None) -> None:
     """Per image: restricted and unrestricted scores, combined, fused with the gallery's fingerprint scores,
     the decision (``unknown`` below the cache's calibrated open-set threshold; the gallery's calibrated gates
     may turn it into ``real`` or ``unknown``), what decided it and by what margin, and the top ``top_k``
-    evidence of each kind per generator."""
+    evidence of each kind per generator. ``siblings``: generator -> its group of fine-tune siblings, which the
+    prototypes alone rank (:func:`~resynth_index.attribution.scoring.evidence_scores`)."""
     sc, gc = config.scoring, config.gallery
     attributed_to = config.attributed_to
     for i, (res, lookup) in enumerate(zip(batch.results, batch.lookups)):
@@ -209,7 +211,8 @@ def score_and_decide(batch: QueryBatch, evidence: GatheredEvidence, *, config: C
             for g, (sims, _) in qg.semantic.items():
                 unrestricted[g] = np.concatenate([unrestricted.get(g, np.zeros(0, np.float32)), sims])
         prototype = prototypes.scores(q) if prototypes is not None else None
-        resynthesis_scores = attributed_scores(evidence_scores(restricted, unrestricted, prototype, sc), attributed_to)
+        resynthesis_scores = attributed_scores(evidence_scores(restricted, unrestricted, prototype, sc,
+                                                               siblings=siblings), attributed_to)
         scores = resynthesis_scores
         if qg is not None:
             scores = fuse(scores, {g: s for g, (s, _) in qg.fingerprint.items()}, gc.weight)

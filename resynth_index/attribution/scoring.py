@@ -33,6 +33,9 @@ with only one of the two is scored on that one (a gallery-only generator with ``
 is scored on its fingerprint alone). The two spaces have different scales, so a weight other than the
 default is best chosen from ``rindex eval``'s fused column.
 
+Fine-tune siblings (generators whose candidates for the same prompt and seed are near copies) are ranked among
+themselves by the prototypes alone (:func:`evidence_scores`).
+
 A generator's settings variants are scored as generators of their own and then folded into it
 (:func:`attributed_scores`: the best of them), before the gallery and the decision.
 
@@ -43,7 +46,7 @@ over the runner-up is below ``unknown_margin``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -96,14 +99,22 @@ def combine(restricted: Mapping[str, float], unrestricted: Mapping[str, float], 
 
 
 def evidence_scores(restricted: Mapping[str, np.ndarray], unrestricted: Mapping[str, np.ndarray],
-                    prototype: Mapping[str, float] | None, cfg: ScoringConfig, *, open_set: bool = False) -> dict[str, float]:
+                    prototype: Mapping[str, float] | None, cfg: ScoringConfig, *, open_set: bool = False,
+                    siblings: Mapping[str, Collection[str]] | None = None) -> dict[str, float]:
     """The per-generator score from the cache's evidence: restricted and unrestricted similarities aggregated and
     combined (:func:`combine`), then fused with the prototype scores (:mod:`~resynth_index.attribution.prototypes`)
     at ``prototype_weight``, or with ``open_set``, at ``open_set_prototype_weight``: the scores the open-set
-    statistic reads. Queries and the open-set calibration both score through here."""
+    statistic reads. Queries and the open-set calibration both score through here.
+
+    ``siblings`` (generator -> its group, :func:`~resynth_index.attribution.prototypes.sibling_groups`; the
+    attribution's scores only) gives every member of a group the group's best combined similarity before the
+    prototypes join, so that the prototypes alone rank siblings: their candidates are near copies, and the
+    similarities' differences between them are noise that moved with whatever else the index held."""
     scores = combine(aggregate(restricted, cfg), aggregate(unrestricted, cfg), cfg)
     weight = cfg.open_set_prototype_weight if open_set else cfg.prototype_weight
     if prototype and cfg.prototype_weight > 0 and weight > 0:
+        if siblings and not open_set:
+            scores = {g: max(scores[h] for h in siblings.get(g, (g,)) if h in scores) for g in scores}
         scores = fuse(scores, prototype, weight) if scores else dict(prototype)
     return scores
 

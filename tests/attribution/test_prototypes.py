@@ -4,7 +4,9 @@ nearest-class-mean rule)."""
 import numpy as np
 import pytest
 
-from resynth_index.attribution.prototypes import MIN_PER_GENERATOR, OPEN_SET_SHRINKAGE, fit_prototypes
+from resynth_index.attribution.prototypes import (MIN_PER_GENERATOR, OPEN_SET_SHRINKAGE, SIBLING_COSINE, fit_prototypes,
+                                                  sibling_groups)
+from resynth_index.store.lookup import StoredCandidate
 
 
 def _classes(rng, n, shift):
@@ -88,3 +90,35 @@ def test_a_target_per_block_keeps_a_low_variance_block_from_being_drowned():
     np.testing.assert_allclose(one.whiten, flat.whiten)
     with pytest.raises(ValueError, match="do not split 44"):
         fit_prototypes(fitted, blocks=(4, 41))
+
+
+def _stored(rng, prompts, base, noise):
+    """One generator's stored candidates: ``base`` (prompt -> unit vector) moved by ``noise``, renormalised."""
+    out = []
+    for i, p in enumerate(prompts):
+        v = base[p] + noise * rng.standard_normal(base[p].shape)
+        out.append(StoredCandidate(i, 0, p, (v / np.linalg.norm(v)).astype(np.float32)))
+    return out
+
+
+def test_generators_whose_candidates_are_near_copies_are_grouped_as_siblings():
+    rng = np.random.default_rng(6)
+    prompts = [f"prompt {i}" for i in range(40)]
+    base = {p: (v := rng.standard_normal(64)) / np.linalg.norm(v) for p in prompts}
+    other = {p: (v := rng.standard_normal(64)) / np.linalg.norm(v) for p in prompts}
+    stored = {
+        "base": _stored(rng, prompts, base, 0.01),
+        "fine-tune": _stored(rng, prompts, base, 0.02),  # the same seed's image, slightly moved
+        "fine-tune-2": _stored(rng, prompts, base, 0.02),
+        "unrelated": _stored(rng, prompts, other, 0.01),
+    }
+    groups = sibling_groups(stored)
+    family = frozenset({"base", "fine-tune", "fine-tune-2"})
+    assert groups == {g: family for g in family}
+    # the mean cosine decides: a looser copy falls out at the same threshold, joins at a lower one
+    stored["fine-tune-2"] = _stored(rng, prompts, base, 0.08)
+    assert sibling_groups(stored)["base"] == {"base", "fine-tune"}
+    cos = np.mean([a.vector @ b.vector for a, b in zip(stored["base"], stored["fine-tune-2"])])
+    assert cos < SIBLING_COSINE and sibling_groups(stored, threshold=cos - 0.01)["base"] == family
+    # candidates of different prompts are never compared: no shared prompt, no siblings
+    assert sibling_groups({"a": stored["base"][:20], "b": stored["fine-tune"][20:]}) == {}

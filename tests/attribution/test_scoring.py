@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from resynth_index.config import ScoringConfig
-from resynth_index.attribution.scoring import UNKNOWN, aggregate, combine, decide, to_scores
+from resynth_index.attribution.scoring import UNKNOWN, aggregate, combine, decide, evidence_scores, to_scores
 
 SIMS = {"a": np.array([0.9, 0.1, 0.2]), "b": np.array([0.6, 0.5, 0.55])}
 
@@ -55,3 +55,24 @@ def test_decide_threshold_and_margin():
     d = decide(scores, ScoringConfig(unknown_margin=0.1))
     assert d.prediction == UNKNOWN and d.margin == pytest.approx(0.05)
     assert decide({}, ScoringConfig()).prediction == UNKNOWN
+
+
+def test_siblings_are_ranked_by_their_prototypes_alone():
+    cfg = ScoringConfig()  # both modes, prototypes at 0.8
+    # the fine-tune's candidates happen to sit closer to the query, the prototypes favour the base
+    restricted = {"base": np.array([0.50]), "fine-tune": np.array([0.53]), "other": np.array([0.40])}
+    unrestricted = {"base": np.array([0.50]), "fine-tune": np.array([0.53]), "other": np.array([0.45])}
+    prototype = {"base": 0.300, "fine-tune": 0.295, "other": 0.10}
+    plain = evidence_scores(restricted, unrestricted, prototype, cfg)
+    assert max(plain, key=plain.get) == "fine-tune"
+    family = frozenset({"base", "fine-tune"})
+    grouped = evidence_scores(restricted, unrestricted, prototype, cfg, siblings={"base": family, "fine-tune": family})
+    assert max(grouped, key=grouped.get) == "base"
+    assert grouped["base"] - grouped["fine-tune"] == pytest.approx(cfg.prototype_weight * 0.005)
+    assert grouped["other"] == pytest.approx(plain["other"])  # a generator outside the group keeps its evidence
+    # the open set's scores and a cache without prototypes are left as they were
+    assert evidence_scores(restricted, unrestricted, prototype, cfg, open_set=True,
+                           siblings={"base": family, "fine-tune": family}) == evidence_scores(
+        restricted, unrestricted, prototype, cfg, open_set=True)
+    assert evidence_scores(restricted, unrestricted, None, cfg, siblings={"base": family, "fine-tune": family}) == \
+        evidence_scores(restricted, unrestricted, None, cfg)

@@ -1,0 +1,67 @@
+"""Fine-tune siblings: generators whose candidates are near copies are found on the cache and ranked among
+themselves by their prototypes alone."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from resynth_index import Attributor
+from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
+from resynth_index.attribution.prototypes import MIN_PER_GENERATOR
+from resynth_index.cli import main
+from resynth_index.evaluation.samples import read_benchmark, write_samples
+
+# The same UNet called at a guidance a tenth apart: the same prompt and seed give near copies, as a light
+# fine-tune does. tiny-sdxl is unrelated.
+GENERATORS = [
+    {"name": "base", "source": "zoo:tiny-sd"},
+    {"name": "close", "source": "zoo:tiny-sd", "guidance": 7.4},
+    {"name": "sdxl", "source": "zoo:tiny-sdxl"},
+]
+CONFIG = {"generators": GENERATORS}
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    index = tmp_path_factory.mktemp("index")
+    samples = tmp_path_factory.mktemp("samples")
+    with Attributor(CONFIG, index=index, device="cpu") as engine:
+        engine.build(read_prompt_file(PACKAGED_PROMPTS)[:MIN_PER_GENERATOR], progress=False)
+        write_samples(engine, samples, per_generator=1)
+    return index, samples
+
+
+def test_near_copies_are_siblings_and_rank_by_their_prototypes(index):
+    idx, samples = index
+    item = next(it for it in read_benchmark(samples / "manifest.csv") if it.generator == "base")
+    with Image.open(samples / item.file) as im:
+        image = im.convert("RGB")
+    with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
+        family = frozenset({"base", "close"})
+        assert engine.siblings() == {"base": family, "close": family}
+        result = engine.attribute(image, resynthesize=False)[0]
+        proto = engine.prototypes().scores(engine.embedder.embed([image])[0])
+        weight = engine.config.scoring.prototype_weight
+    # the two share their best similarity, so only the prototypes' difference separates them
+    assert result.scores["base"] - result.scores["close"] == pytest.approx(weight * (proto["base"] - proto["close"]),
+                                                                           abs=1e-5)
+
+
+def test_info_lists_the_sibling_groups(index, tmp_path):
+    idx, _ = index
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("".join("[[generators]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in g.items())
+                           for g in GENERATORS))
+    out = CliRunner().invoke(main, ["info", "--index", str(idx), "--config", str(cfg), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["siblings"] == [["base", "close"]]
+    text = CliRunner().invoke(main, ["info", "--index", str(idx), "--config", str(cfg)])
+    assert "siblings: base, close" in text.output
+
+
+def test_unrelated_generators_have_no_siblings(index):
+    idx, _ = index
+    with Attributor({"generators": [GENERATORS[0], GENERATORS[2]]}, index=idx, device="cpu", readonly=True) as engine:
+        assert engine.prototypes() is not None and engine.siblings() == {}
