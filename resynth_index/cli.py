@@ -397,8 +397,8 @@ def _int_list(ctx, param, value):
 @_device_option
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-report"),
               show_default=True, help="Report directory (report.json, report.md, plots/, index.html, benchmark/).")
-@click.option("--per-generator", type=click.IntRange(min=1), default=24, show_default=True,
-              help="Benchmark images per configured generator.")
+@click.option("--per-generator", type=click.IntRange(min=1), default=None,
+              help="Benchmark images per generator (default: 48 for the hard benchmark, 24 for the zoo one).")
 @click.option("--transforms", default="all", show_default=True,
               help="Query transforms: all, none, or a list like 'jpeg:quality=50,blur:sigma=2,greyscale'.")
 @click.option("--gammas", callback=_int_list, default="1,2,4", show_default=True, help="γ values of the γ sweep.")

@@ -62,6 +62,8 @@ from .samples import build_benchmark, read_benchmark
 from .transforms import Transform, parse_transforms
 
 CLEAN = "clean"
+#: the easy zoo benchmark's images per generator (it reads 100% anyway: more would only take longer)
+ZOO_PER_GENERATOR = 24
 
 
 @dataclass
@@ -69,7 +71,7 @@ class EvalOptions:
     """What ``rindex eval`` measures. The defaults run everything (the hard benchmark, all 17 transforms, the γ
     sweep and every baseline), which takes long on a CPU: fewer transforms and baselines make a quick run."""
 
-    per_generator: int = PER_GENERATOR
+    per_generator: int | None = None  # None: the suite's own (hard.PER_GENERATOR, ZOO_PER_GENERATOR)
     transforms: str | Sequence[Transform] | None = "all"
     gammas: Sequence[int] = (1, 2, 4)
     held_out: Sequence[str] | str | None = "auto"  # "auto": the last generator when 3 or more are configured
@@ -318,6 +320,8 @@ def run_evaluation(
         config = dataclasses.replace(config, generators=load_config(hard_config(hard_dir)).generators)
         if opts.held_out == "auto":
             opts = dataclasses.replace(opts, held_out=list(HELD_OUT))
+    if opts.per_generator is None:
+        opts = dataclasses.replace(opts, per_generator=PER_GENERATOR if hard_dir is not None else ZOO_PER_GENERATOR)
     gammas = sorted({int(g) for g in opts.gammas} | {config.resynthesis.gamma})
     held_out = resolve_held_out(config, opts.held_out)  # every option is checked before anything is built
     hard = None
@@ -361,7 +365,7 @@ def run_evaluation(
     build_prompts = read_prompt_file(config.build.prompts or PACKAGED_PROMPTS)[: opts.build_limit or None]
 
     result: dict[str, Any] = {
-        "benchmark": {"suite": "hard" if flags else "custom" if opts.benchmark else "zoo", "manifest": str(manifest), "queries": len(items), "per_generator": opts.per_generator,
+        "benchmark": {"suite": "hard" if flags else "custom" if opts.benchmark else "zoo", "manifest": str(manifest), "queries": len(items), "per_generator": len(items) // len(set(truths)),
                       "generators": sorted(set(truths)), "indexed": labels, "held_out": held_out},
         "conditions": list(conditions),
         "transforms": {t.label: {"name": t.name, "params": t.full_params} for t in transforms},

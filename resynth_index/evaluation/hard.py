@@ -47,8 +47,10 @@ HARD_SEED_BASE = 3_000_017  # query seeds: never a candidate seed (those are >= 
 #: Generators whose queries are judged for sibling confusion: one fine-tune family.
 SIBLINGS = ("sd", "sd-ft-light", "sd-ft-heavy")
 HELD_OUT = ("sd-other",)
-#: queries per generator: with 8, one query was 2.5 points of top-1 and figures moved by a query between runs
-PER_GENERATOR = 24
+#: queries per generator: with 8, one query was 2.5 points of top-1 and figures moved by a query between runs; with
+#: 24 the figures sat inside their 95% intervals of the targets, and the second 24 were harder than the first
+#: (clean top-1 90.8% against 94.2%). The first 24 of each generator are the same images either way
+PER_GENERATOR = 48
 FINE_TUNE_STEPS = (20, 60)  # sd-ft-light, sd-ft-heavy
 TRAIN_IMAGES = 16  # style images per fine-tune
 _SIZE = 64
