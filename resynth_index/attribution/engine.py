@@ -397,8 +397,9 @@ class Attributor:
         evidence = query.gather_evidence(batch, cache=cache, namespaces=ns, scoring=self.config.scoring,
                                          gallery_view=self.gallery_view)
         calibration = self.open_set_calibration() if ns else None
+        prototypes = self.prototypes() if ns else None
         query.score_and_decide(batch, evidence, config=self.config, top_k=top_k, open_set=calibration,
-                               prototypes=self.prototypes() if ns else None, siblings=self.siblings() if ns else None,
+                               prototypes=prototypes, siblings=self._siblings if prototypes is not None else None,
                                open_set_prototypes=(self.open_set_prototypes()
                                                     if calibration is not None and calibration.threshold is not None
                                                     else None))
