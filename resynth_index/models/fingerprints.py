@@ -23,6 +23,10 @@ An image smaller than the patch size is used whole.
   other third, so that the colour noise adds evidence where it survives without outvoting the rest where
   it does not.
 
+* ``texture`` (an embedding part, not a gallery fingerprint: ``[embedder] texture``): the channel means and the
+  channel covariance (Gram matrix) of EfficientNet-Lite0's early block stages on the image's central crop,
+  which keep how the early filters' responses vary together.
+
 Features are returned raw; the gallery centres them on its real-photo prototype before cosine matching
 (:mod:`resynth_index.gallery.references`). An image that cannot be described raises :class:`ImageError`; it never
 becomes a zero vector.
@@ -49,7 +53,8 @@ from PIL import Image
 from ..config import GalleryConfig
 from ..devices import resolve_device
 from ..errors import ConfigError, ImageError, ModelNotAvailableError
-from .backbones import EFFICIENTNET_BLOCKS, IMAGENET_MEAN, IMAGENET_STD, load_efficientnet_lite0
+from .backbones import (EFFICIENTNET_BLOCKS, EFFICIENTNET_STAGE_CHANNELS, IMAGENET_MEAN, IMAGENET_STD,
+                        load_efficientnet_lite0)
 
 FINGERPRINT_KINDS = ("spectrum", "bitplane")
 MIN_SIDE = 16  # below this no patch says anything about a generator
@@ -235,10 +240,82 @@ class _FirstFeatureMap(torch.nn.Module):
         return self.net(x)[0]
 
 
+class TextureFingerprint(Fingerprint):
+    """Second-order texture statistics at native resolution: for each block stage in ``layers``, the channel means
+    and the channel covariance (Gram matrix, upper triangle) of EfficientNet-Lite0's feature map there, over the
+    image's central ``max_side``-square crop (never resized: the stride-2 stem then sees the generator's own
+    pixel grid).
+
+    Fine-tunes trained on a style set move the co-occurrence of early filters' responses more than their means,
+    which is what a pooled embedding keeps (Gatys, Ecker, Bethge, "Image Style Transfer Using Convolutional
+    Neural Networks", CVPR 2016, describe style by exactly these Gram matrices). Each stage's means and
+    covariance are scaled to unit length apiece, so that the covariance's many entries do not drown the means
+    and one stage does not drown another."""
+
+    kind = "texture"
+
+    def __init__(self, *, layers: Sequence[int] = (2,), max_side: int = 256,
+                 device: str | torch.device = "cpu") -> None:
+        layers = tuple(sorted({int(n) for n in layers}))
+        if not layers or not all(1 <= n <= EFFICIENTNET_BLOCKS for n in layers):
+            raise ConfigError(f"embedder.texture_layers must be block stages between 1 and {EFFICIENTNET_BLOCKS}, "
+                              f"got {list(layers)}")
+        self.layers, self.max_side = layers, max_side
+        self.device = resolve_device(device)
+        net = load_efficientnet_lite0(self.device)
+        self.stem = torch.nn.Sequential(net.conv_stem, net.bn1).eval()
+        self.blocks = list(net.blocks[: layers[-1]])
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        channels = [EFFICIENTNET_STAGE_CHANNELS[n - 1] for n in layers]
+        self._upper = {c: torch.triu_indices(c, c, device=self.device) for c in channels}
+        super().__init__(id=f"texture:efficientnet-lite0:block{'+'.join(map(str, layers))}:gram:c{max_side}",
+                         dim=sum(c + c * (c + 1) // 2 for c in channels))
+
+    def extract(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> np.ndarray:
+        # batched by crop size: one forward pass per size, not one per image
+        crops = [self._crop(_pixels(im, names[i] if names is not None else f"<image {i}>"))
+                 for i, im in enumerate(images)]
+        out = np.zeros((len(crops), self.dim), np.float32)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, c in enumerate(crops):
+            by_size.setdefault(c.shape[:2], []).append(i)
+        for rows in by_size.values():
+            for start in range(0, len(rows), 64):
+                chunk = rows[start : start + 64]
+                out[chunk] = self._statistics(np.stack([crops[i] for i in chunk]))
+        return out
+
+    def _crop(self, pixels: np.ndarray) -> np.ndarray:
+        h, w = pixels.shape[:2]
+        top, left = max(0, (h - self.max_side) // 2), max(0, (w - self.max_side) // 2)
+        return pixels[top : top + self.max_side, left : left + self.max_side]
+
+    def _statistics(self, crops: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        parts = []
+        with torch.no_grad():
+            fmap = self.stem((x - self.mean) / self.std)
+            for stage, block in enumerate(self.blocks, start=1):
+                fmap = block(fmap)
+                if stage not in self.layers:
+                    continue
+                flat = fmap.flatten(2).double()
+                means = flat.mean(dim=2)
+                centred = flat - means[:, :, None]
+                upper = self._upper[flat.shape[1]]
+                gram = (centred @ centred.transpose(1, 2) / flat.shape[2])[:, upper[0], upper[1]]
+                parts += [torch.nn.functional.normalize(means, dim=1), torch.nn.functional.normalize(gram, dim=1)]
+        return torch.cat(parts, dim=1).cpu().numpy()
+
+
 def load_fingerprint(kind: str, *, device: str | torch.device = "cpu", **options) -> Fingerprint:
-    """A fingerprint extractor by kind (``spectrum`` or ``bitplane``); ``options`` are its keyword arguments."""
+    """A fingerprint extractor by kind (``spectrum``, ``bitplane`` or ``texture``); ``options`` are its keyword
+    arguments."""
     if kind == "spectrum":
         return SpectrumFingerprint(**options)
+    if kind == "texture":
+        return TextureFingerprint(device=device, **options)
     if kind == "bitplane":
         return BitPlaneFingerprint(device=device, **options)
     raise ConfigError(f"gallery.fingerprint: unknown fingerprint kind {kind!r} (choose from {', '.join(FINGERPRINT_KINDS)})")

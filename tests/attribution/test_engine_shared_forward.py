@@ -11,7 +11,7 @@ from PIL import PngImagePlugin
 from resynth_index import Attributor
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
 from resynth_index.evaluation.samples import read_manifest, write_samples
-from resynth_index.models.backbones import load_efficientnet_lite0
+from resynth_index.models.backbones import EFFICIENTNET_INPUT_SIZE, load_efficientnet_lite0
 from resynth_index.models.embedders import embedder_from_config, load_embedder
 
 SMALL = {
@@ -51,12 +51,18 @@ def _summary(results):
 
 
 class _Rows:
+    """Rows through a module at the network's input size; ``native`` counts the others (the texture statistics
+    read each image at its own size, in a pass of their own)."""
+
     def __init__(self, module):
-        self.rows = 0
+        self.rows = self.native = 0
         self.handle = module.register_forward_hook(self.hook)
 
     def hook(self, _module, inputs, _output):
-        self.rows += int(inputs[0].shape[0])
+        if inputs[0].shape[-1] == EFFICIENTNET_INPUT_SIZE:
+            self.rows += int(inputs[0].shape[0])
+        else:
+            self.native += int(inputs[0].shape[0])
 
 
 def test_default_query_runs_the_network_once_per_image_with_identical_attributions(index_and_samples):
@@ -68,7 +74,7 @@ def test_default_query_runs_the_network_once_per_image_with_identical_attributio
         stem = _Rows(load_efficientnet_lite0("cpu").conv_stem)
         try:
             shared = engine.attribute(paths)
-            once = stem.rows
+            once, native = stem.rows, stem.native
             stem.rows = 0
             engine.embedder.share_forward = False
             separate = engine.attribute(paths)
@@ -76,6 +82,7 @@ def test_default_query_runs_the_network_once_per_image_with_identical_attributio
         finally:
             stem.handle.remove()
     assert once == len(paths)  # one pass per image
+    assert native == len(paths)  # and the texture statistics once per image, at the image's own size
     assert twice == 2 * len(paths) - 1  # the old path: two for every image the label model inverts
     assert all(r.ok and r.cache == "hit" for r in shared)
     assert shared[-1].prompt_source == "metadata:parameters"

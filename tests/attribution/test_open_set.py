@@ -88,8 +88,8 @@ def test_the_open_set_reads_prototypes_shrunk_per_embedding_block(index):
     idx, _ = index
     with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
         dims = {st["dim"] for st in engine.cache.namespaces().values()}
-        # the semantic features, then the residual spectra, worked out from the config alone
-        assert engine.embedding_blocks() == (80, 3 * 32 * 17) and dims == {80 + 3 * 32 * 17}
+        # the semantic features, the texture statistics, then the residual spectra, worked out from the config alone
+        assert engine.embedding_blocks() == (80, 24 + 24 * 25 // 2, 3 * 32 * 17) and dims == {80 + 324 + 3 * 32 * 17}
         attribution, open_set = engine.prototypes(), engine.open_set_prototypes()
         assert attribution.counts == open_set.counts and not np.allclose(attribution.whiten, open_set.whiten)
 

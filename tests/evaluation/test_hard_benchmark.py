@@ -15,8 +15,10 @@ from resynth_index.evaluation.hard import (
     HELD_OUT,
     build_hard_benchmark,
     fine_tune,
+    hard_config,
     hard_metrics,
     read_query_flags,
+    write_queries,
 )
 from resynth_index.evaluation.metrics import open_set_metrics
 from resynth_index.evaluation.report import hard_intervals
@@ -90,6 +92,25 @@ def test_a_built_benchmark_is_reused(bench):
     again = build_hard_benchmark(bench.directory, per_generator=2, progress=False, fine_tune_steps=(1, 2),
                                  train_images=2)
     assert again.manifest == bench.manifest and bench.manifest.stat().st_mtime_ns == before
+
+
+def _rows(manifest):
+    with manifest.open() as fh:
+        return {r["file"]: r for r in csv.DictReader(fh)}
+
+
+def test_a_second_draw_has_the_next_seeds_and_the_first_draw_is_the_benchmark(bench, tmp_path):
+    config = hard_config(bench.directory)
+    first = write_queries(config, tmp_path / "first", range(2), stride=2)
+    benchmark, again = _rows(bench.manifest), _rows(first)
+    assert benchmark == again  # query k of a generator is the same image whatever else is written
+    for name in benchmark:
+        assert (first.parent / name).read_bytes() == (bench.manifest.parent / name).read_bytes()
+    second = _rows(write_queries(config, tmp_path / "second", range(2, 4), stride=2))
+    assert not set(second) & set(benchmark) and len(second) == len(benchmark)
+    for g in GENERATORS:
+        seeds = sorted(int(r["seed"]) for r in benchmark.values() if r["generator"] == g.name)
+        assert sorted(int(r["seed"]) for r in second.values() if r["generator"] == g.name) == [s + 2 for s in seeds]
 
 
 def test_hard_metrics_count_sibling_confusion_and_subsets():

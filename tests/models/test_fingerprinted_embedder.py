@@ -1,5 +1,6 @@
 """The default embedding: EfficientNet-Lite0 block 4 joined with a native-resolution residual spectrum (of the
-RGB mean with the two chroma channels' beside it by default, of the mean alone, or one per opponent channel)."""
+RGB mean with the two chroma channels' beside it by default, of the mean alone, or one per opponent channel),
+and optionally with native-resolution texture statistics between them."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from PIL import Image
 
 from resynth_index.config import EmbedderConfig, load_config
 from resynth_index.errors import ConfigError
-from resynth_index.models.embedders import FingerprintedEmbedder, embedder_from_config, load_embedder
+from resynth_index.models.embedders import FingerprintedEmbedder, embedder_from_config, embedding_blocks, load_embedder
 from resynth_index.models.fingerprints import load_fingerprint
 
 
@@ -19,16 +20,18 @@ def images():
             Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))]
 
 
-def test_default_config_joins_the_spectrum_and_the_cosine_splits_by_weight(images):
+def test_default_config_joins_texture_and_spectrum_and_the_cosine_splits_by_weight(images):
     emb = embedder_from_config(EmbedderConfig(runtime="torch"), device="cpu")
     assert isinstance(emb, FingerprintedEmbedder)
-    assert emb.id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:mean+chroma:w0.5"
-    assert emb.dim == 80 + 3 * 32 * 17
+    assert emb.id == ("efficientnet-lite0:imagenet:block4+texture:efficientnet-lite0:block2:gram:c256:w0.25"
+                      "+spectrum:residual3:w32:p8:mean+chroma:w0.375")
+    assert emb.dim == 80 + 324 + 3 * 32 * 17
     x = emb.embed(images)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     semantic = emb.base.embed(images)
-    spectrum = x[:, 80:] / np.sqrt(0.5)
-    np.testing.assert_allclose(x @ x.T, 0.5 * semantic @ semantic.T + 0.5 * spectrum @ spectrum.T, atol=1e-5)
+    texture, spectrum = x[:, 80:404] / np.sqrt(0.25), x[:, 404:] / np.sqrt(0.375)
+    np.testing.assert_allclose(x @ x.T, 0.375 * semantic @ semantic.T + 0.25 * texture @ texture.T
+                               + 0.375 * spectrum @ spectrum.T, atol=1e-5)
     # the spectrum part tells the noise image from the smooth one far more than the semantic part does
     assert spectrum[0] @ spectrum[1] < semantic[0] @ semantic[1]
 
@@ -44,13 +47,15 @@ def test_shared_pass_output_matches_and_tiny_images_keep_the_semantic_part(image
 
 
 def test_fingerprint_keys_are_checked_and_none_keeps_the_plain_embedder():
-    plain = embedder_from_config(load_config({"embedder": {"fingerprint": "none", "runtime": "torch"}}).embedder, "cpu")
-    assert plain.id == "efficientnet-lite0:imagenet:block4"
-    mean = load_config({"embedder": {"fingerprint_colour": "mean", "runtime": "torch"}}).embedder
+    plain = load_config({"embedder": {"fingerprint": "none", "texture": "none", "runtime": "torch"}}).embedder
+    assert embedder_from_config(plain, "cpu").id == "efficientnet-lite0:imagenet:block4"
+    mean = load_config({"embedder": {"fingerprint_colour": "mean", "texture": "none", "fingerprint_weight": 0.5,
+                                     "runtime": "torch"}}).embedder
+    # the spectrum alone at half the cosine: the id (and namespace) the default had before the texture joined
     assert embedder_from_config(mean, "cpu").id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:w0.5"
     with pytest.raises(ConfigError, match="embedder.fingerprint_weight"):
         FingerprintedEmbedder(load_embedder("efficientnet-lite0", device="cpu", runtime="torch"),
-                              load_fingerprint("spectrum", window=32), 1.0)
+                              [(load_fingerprint("spectrum", window=32), 1.0)])
     with pytest.raises(ConfigError, match="embedder.fingerprint"):
         load_config({"embedder": {"fingerprint": "bitplanes"}})
     with pytest.raises(ConfigError, match="embedder.fingerprint_window"):
@@ -87,7 +92,8 @@ def test_opponent_spectra_keep_the_colour_noise_apart_from_the_brightness_noise(
 def test_the_colour_key_is_checked_and_opponent_is_an_embedding_of_its_own(images):
     with pytest.raises(ConfigError, match="embedder.fingerprint_colour"):
         load_config({"embedder": {"fingerprint_colour": "rgb"}})
-    cfg = load_config({"embedder": {"fingerprint_colour": "opponent", "runtime": "torch"}}).embedder
+    cfg = load_config({"embedder": {"fingerprint_colour": "opponent", "texture": "none", "fingerprint_weight": 0.5,
+                                    "runtime": "torch"}}).embedder
     emb = embedder_from_config(cfg, device="cpu")
     assert emb.id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:opponent:w0.5"  # its own namespace
     assert emb.dim == 80 + 3 * 32 * 17
@@ -114,3 +120,33 @@ def test_mean_and_chroma_keeps_the_mean_spectrum_and_adds_the_colour_noise_at_a_
     # other colour noise on the same brightness noise moves the colour part more (the mean of the R, G and B
     # spectra sees some of it too)
     assert np.abs(a[mean.dim :] - b[mean.dim :]).mean() > 2 * np.abs(a[: mean.dim] - b[: mean.dim]).mean()
+
+
+def test_texture_joins_between_the_semantic_part_and_the_spectrum_at_its_share(images):
+    cfg = load_config({"embedder": {"texture": "gram", "texture_layers": [2], "texture_weight": 0.5,
+                                    "fingerprint_weight": 0.25, "runtime": "torch"}}).embedder
+    emb = embedder_from_config(cfg, device="cpu")
+    assert emb.id == ("efficientnet-lite0:imagenet:block4+texture:efficientnet-lite0:block2:gram:c256:w0.5"
+                      "+spectrum:residual3:w32:p8:mean+chroma:w0.25")
+    assert embedding_blocks(cfg, emb.dim) == (80, 24 + 24 * 25 // 2, 3 * 32 * 17) and emb.dim == sum((80, 324, 1632))
+    x = emb.embed(images)
+    semantic, texture, spectrum = x[:, :80] / np.sqrt(0.25), x[:, 80:404] / np.sqrt(0.5), x[:, 404:] / np.sqrt(0.25)
+    np.testing.assert_allclose(semantic, emb.base.embed(images), atol=1e-5)
+    np.testing.assert_allclose(texture, load_fingerprint("texture", layers=[2]).extract(images) / np.sqrt(2), atol=1e-5)
+    np.testing.assert_allclose(x @ x.T, 0.25 * semantic @ semantic.T + 0.5 * texture @ texture.T
+                               + 0.25 * spectrum @ spectrum.T, atol=1e-5)
+    # another share is another embedding: another cache namespace
+    other = load_config({"embedder": {"texture": "gram", "texture_layers": [2], "runtime": "torch"}}).embedder
+    assert embedder_from_config(other, device="cpu").id != emb.id
+
+
+def test_texture_keys_are_checked():
+    with pytest.raises(ConfigError, match="embedder.texture"):
+        load_config({"embedder": {"texture": "style"}})
+    with pytest.raises(ConfigError, match="embedder.texture_layers"):
+        load_config({"embedder": {"texture": "gram", "texture_layers": [8]}})
+    with pytest.raises(ConfigError, match="embedder.texture_layers"):
+        load_config({"embedder": {"texture": "gram", "texture_layers": []}})
+    cfg = load_config({"embedder": {"texture": "gram", "texture_weight": 0.7, "runtime": "torch"}}).embedder
+    with pytest.raises(ConfigError, match="fingerprint_weight \\+ embedder.texture_weight"):
+        embedder_from_config(cfg, device="cpu")

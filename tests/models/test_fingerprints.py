@@ -91,3 +91,38 @@ def test_unknown_kind_and_bad_options_are_named():
         load_fingerprint("bitplane", layer=9)
     with pytest.raises(ConfigError, match="gallery.backbone"):
         load_fingerprint("bitplane", backbone="resnet")
+
+
+def test_texture_statistics_read_the_central_crop_at_native_resolution():
+    texture = load_fingerprint("texture")
+    assert texture.id == "texture:efficientnet-lite0:block2:gram:c256" and texture.dim == 24 + 24 * 25 // 2
+    first = load_fingerprint("texture", layers=[1])
+    assert first.dim == 16 + 16 * 17 // 2
+    # several stages: each stage's statistics in turn, as that stage alone gives them
+    both = load_fingerprint("texture", layers=[2, 1])
+    assert both.id == "texture:efficientnet-lite0:block1+2:gram:c256" and both.dim == first.dim + texture.dim
+    image = _image(4)
+    np.testing.assert_allclose(both.extract([image])[0], np.concatenate([first.extract([image])[0],
+                                                                         texture.extract([image])[0]]), atol=1e-6)
+    pixels = np.asarray(_image(3, size=(320, 300))).copy()
+    a = texture.extract([Image.fromarray(pixels)])[0]
+    np.testing.assert_array_equal(a, texture.extract([Image.fromarray(pixels)])[0])
+    # the means and the covariance each carry half of the length
+    assert np.linalg.norm(a[:24]) == pytest.approx(1.0, abs=1e-5) and np.linalg.norm(a[24:]) == pytest.approx(1.0, abs=1e-5)
+    outside, inside = pixels.copy(), pixels.copy()
+    outside[:20] = 0  # above the central 256 rows of 300
+    inside[150:170, 150:170] = 255
+    assert np.array_equal(texture.extract([Image.fromarray(outside)])[0], a)
+    assert not np.allclose(texture.extract([Image.fromarray(inside)])[0], a)
+
+
+def test_texture_describes_the_texture_not_the_pixel_values():
+    """Two draws of one blocky texture are close; the same pixel values shuffled into fine noise are far."""
+    def blocky(seed: int) -> np.ndarray:
+        cells = np.random.default_rng(seed).integers(0, 255, (16, 16, 3))
+        return np.repeat(np.repeat(cells, 4, 0), 4, 1).astype(np.uint8)
+
+    first, second = blocky(0), blocky(1)
+    shuffled = first.reshape(-1, 3)[np.random.default_rng(2).permutation(64 * 64)].reshape(64, 64, 3)
+    a, b, c = load_fingerprint("texture").extract([Image.fromarray(x) for x in (first, second, shuffled)])
+    assert a @ b / 2 > 0.95 and a @ c / 2 < 0.9  # each vector has length sqrt(2): means and covariance
