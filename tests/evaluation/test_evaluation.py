@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from resynth_index.errors import ConfigError
-from resynth_index.evaluation.baselines import BASELINES, canonical_baselines
+from resynth_index.evaluation.baselines import BASELINES, canonical_baselines, regeneration_config, resynthesis_config
 from resynth_index.evaluation.metrics import (
     accuracy,
     binary_auroc,
@@ -275,6 +275,15 @@ def test_baseline_names_are_checked_and_each_runs_once():
     assert canonical_baselines(["resynthesis", "resynthesis"]) == ("resynthesis",)
     with pytest.raises(ConfigError, match="nonsense"):
         canonical_baselines(["nonsense"])
+
+
+def test_the_paper_configurations_embed_with_the_network_alone():
+    from resynth_index.config import load_config
+    from resynth_index.models.embedders import embedder_from_config
+
+    for paper in (regeneration_config(load_config(None)), resynthesis_config(load_config(None))):
+        # the final layer, without the default's texture statistics and spectrum
+        assert embedder_from_config(paper.embedder, "cpu").id == "efficientnet-lite0:imagenet:pool"
 
 
 # ------------------------------------------------------------------------------------------ headless Chromium
