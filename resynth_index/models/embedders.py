@@ -505,15 +505,13 @@ def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto
         batch_size=cfg.batch_size,
         runtime=cfg.runtime,
     )
+    from .fingerprints import load_fingerprint
+
     parts = []
     if cfg.texture != "none":
-        from .fingerprints import load_fingerprint
-
         parts.append((load_fingerprint("texture", layers=cfg.texture_layers, device=embedder.device),
                       cfg.texture_weight))
     if cfg.fingerprint != "none":
-        from .fingerprints import load_fingerprint
-
         spectrum = load_fingerprint(cfg.fingerprint, window=cfg.fingerprint_window, colour=cfg.fingerprint_colour)
         parts.append((spectrum, cfg.fingerprint_weight))
     if parts:
