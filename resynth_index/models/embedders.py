@@ -524,13 +524,11 @@ def embedding_blocks(cfg: EmbedderConfig, dim: int) -> tuple[int, ...]:
     """The sizes of the blocks a ``dim``-dimensional embedding made as ``cfg`` says joins: the semantic features,
     then the texture statistics and the fingerprint's spectrum when there are. Worked out from the config, so
     nothing is loaded."""
-    from .backbones import EFFICIENTNET_STAGE_CHANNELS
-    from .fingerprints import SpectrumFingerprint
+    from .fingerprints import SpectrumFingerprint, texture_dim
 
     parts = []
     if cfg.texture != "none":
-        channels = [EFFICIENTNET_STAGE_CHANNELS[n - 1] for n in set(cfg.texture_layers)]
-        parts.append(sum(c + c * (c + 1) // 2 for c in channels))
+        parts.append(texture_dim(cfg.texture_layers))
     if cfg.fingerprint != "none":
         parts.append(SpectrumFingerprint(window=cfg.fingerprint_window, colour=cfg.fingerprint_colour).dim)
     return (dim - sum(parts), *parts) if dim > sum(parts) else (dim,)

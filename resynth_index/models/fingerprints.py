@@ -240,6 +240,12 @@ class _FirstFeatureMap(torch.nn.Module):
         return self.net(x)[0]
 
 
+def texture_dim(layers: Sequence[int]) -> int:
+    """The length of :class:`TextureFingerprint`'s vector for block stages ``layers``: each stage's channel means
+    and the upper triangle of their covariance."""
+    return sum(c + c * (c + 1) // 2 for c in (EFFICIENTNET_STAGE_CHANNELS[n - 1] for n in set(layers)))
+
+
 class TextureFingerprint(Fingerprint):
     """Second-order texture statistics at native resolution: for each block stage in ``layers``, the channel means
     and the channel covariance (Gram matrix, upper triangle) of EfficientNet-Lite0's feature map there, over the
@@ -267,10 +273,10 @@ class TextureFingerprint(Fingerprint):
         self.blocks = list(net.blocks[: layers[-1]])
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        channels = [EFFICIENTNET_STAGE_CHANNELS[n - 1] for n in layers]
-        self._upper = {c: torch.triu_indices(c, c, device=self.device) for c in channels}
+        self._upper = {c: torch.triu_indices(c, c, device=self.device)
+                       for c in (EFFICIENTNET_STAGE_CHANNELS[n - 1] for n in layers)}
         super().__init__(id=f"texture:efficientnet-lite0:block{'+'.join(map(str, layers))}:gram:c{max_side}",
-                         dim=sum(c + c * (c + 1) // 2 for c in channels))
+                         dim=texture_dim(layers))
 
     def extract(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> np.ndarray:
         # batched by crop size: one forward pass per size, not one per image
