@@ -222,6 +222,16 @@ def _config_toml(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def draw_indices(draw: int, count: int = 1, per_generator: int = PER_GENERATOR) -> range:
+    """The query indices of draws ``draw`` to ``draw + count - 1`` for :func:`write_queries` (draw 0 is the
+    benchmark itself, draw 1 the next ``per_generator`` seeds, and so on). Several draws go into one manifest, so
+    that ``rindex eval`` reads them as one pooled set of queries: one draw's figures move by several points from
+    the next, and a pooled set narrows that."""
+    if draw < 0 or count < 1:
+        raise ValueError(f"draws start at 0 and number at least 1, got draw {draw}, count {count}")
+    return range(draw * per_generator, (draw + count) * per_generator)
+
+
 def write_queries(config: dict[str, Any], queries: Path, indices: range, *, stride: int = PER_GENERATOR,
                   log=lambda msg: None) -> Path:
     """Write the queries ``indices`` (0-based, the same for every generator) of each benchmark generator into

@@ -14,6 +14,7 @@ from resynth_index.evaluation.hard import (
     GENERATORS,
     HELD_OUT,
     build_hard_benchmark,
+    draw_indices,
     fine_tune,
     hard_config,
     hard_metrics,
@@ -111,6 +112,19 @@ def test_a_second_draw_has_the_next_seeds_and_the_first_draw_is_the_benchmark(be
     for g in GENERATORS:
         seeds = sorted(int(r["seed"]) for r in benchmark.values() if r["generator"] == g.name)
         assert sorted(int(r["seed"]) for r in second.values() if r["generator"] == g.name) == [s + 2 for s in seeds]
+    # two draws pooled: the second draw, byte for byte, and the third (the next seeds) in one manifest
+    assert draw_indices(1, 2, per_generator=2) == range(2, 6)
+    pooled = write_queries(config, tmp_path / "pooled", draw_indices(1, 2, per_generator=2), stride=2)
+    both = _rows(pooled)
+    assert {n: r for n, r in both.items() if n in second} == second and len(both) == 2 * len(second)
+    for name in second:
+        assert (pooled.parent / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
+    third = [r for n, r in both.items() if n not in second]
+    for g in GENERATORS:
+        seeds = sorted(int(r["seed"]) for r in benchmark.values() if r["generator"] == g.name)
+        assert sorted(int(r["seed"]) for r in third if r["generator"] == g.name) == [s + 4 for s in seeds]
+    with pytest.raises(ValueError, match="draws start at 0"):
+        draw_indices(1, 0)
 
 
 def test_hard_metrics_count_sibling_confusion_and_subsets():
