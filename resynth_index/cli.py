@@ -81,9 +81,11 @@ def build(index, config, device, prompts, limit, ray_address, staging, workers, 
         with _engine(config, index, device) as engine:
             report = engine.build(read_prompt_file(prompts) if prompts else None, limit=limit,
                                   progress=_show_progress(progress))
+            siblings = (f" (with extra seeds for the fine-tune siblings {', '.join(report.sibling_seeds)})"
+                        if report.sibling_seeds else "")
             click.echo(
                 f"built {report.built} prompt(s), skipped {report.skipped} already cached, "
-                f"{report.images} image(s) generated in {report.seconds:.1f}s -> {engine.index_dir}",
+                f"{report.images} image(s) generated{siblings} in {report.seconds:.1f}s -> {engine.index_dir}",
                 err=True,
             )
     except _CLEAN_ERRORS as exc:

@@ -13,6 +13,8 @@ Example (every key, with its default unless marked)::
     seed_base = 0                   # shifts every candidate seed (they are derived from the prompt)
     degraded_copies = 2             # degraded copies (JPEG, blur, down-and-up resize) of each candidate embedded
                                     # for the generator prototypes, so they hold on re-encoded images; 0 = none
+    sibling_seeds = 1               # extra candidate seeds per prompt, for the prototypes only, of generators with
+                                    # a fine-tune sibling in the index (README "How it works"); 0 = none
 
     [embedder]
     kind = "efficientnet-lite0"     # or "open_clip"
@@ -168,6 +170,9 @@ DEFAULT_INDEX_DIR = "cache"
 MAX_GAMMA = 256
 #: The most degraded copies per candidate (``resynthesis.degraded_copies``; each costs one embedding at build time).
 MAX_DEGRADED_COPIES = 16
+#: The most extra seeds per prompt for a fine-tune sibling's prototype (``resynthesis.sibling_seeds``; each costs
+#: one generation per prompt and sibling at build time).
+MAX_SIBLING_SEEDS = 16
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,13 @@ class ResynthesisConfig:
     gamma: int = 1
     seed_base: int = 0
     degraded_copies: int = 2
+    sibling_seeds: int = 1
+
+    @property
+    def sibling_positions(self) -> range:
+        """The candidate positions of a sibling's extra seeds: those after the γ candidates, within the prompt's
+        :data:`MAX_GAMMA` seeds (fewer than ``sibling_seeds`` when γ leaves less room)."""
+        return range(self.gamma, min(self.gamma + self.sibling_seeds, MAX_GAMMA))
 
 
 @dataclass(frozen=True)
@@ -452,6 +464,7 @@ _POSITIVE = {
 MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "resynthesis.degraded_copies": (0, MAX_DEGRADED_COPIES),
+           "resynthesis.sibling_seeds": (0, MAX_SIBLING_SEEDS),
            "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1), "scoring.open_set_prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512), "embedder.texture_layers": (1, 7),
            "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 

@@ -44,6 +44,7 @@ def test_unknown_key_is_named(data, named):
         ({"scoring": {"aggregate": "median"}}, "scoring.aggregate"),
         ({"resynthesis": {"gamma": 0}}, "resynthesis.gamma"),
         ({"resynthesis": {"gamma": "4"}}, "must be an integer"),
+        ({"resynthesis": {"sibling_seeds": 17}}, "'resynthesis.sibling_seeds' must be between 0 and 16"),
         ({"generators": [{"source": "zoo:tiny-sd"}]}, "needs a 'name'"),
         ({"generators": [{"name": "real", "source": "x"}]}, "reserved"),
         ({"gallery": {"fingerprint": "wavelet"}}, "gallery.fingerprint"),
@@ -96,3 +97,14 @@ def test_threads_and_batch_invariant_keys():
     cfg = load_config({"threads": 3, "generators": [{"name": "a", "source": "zoo:tiny-sd", "batch_invariant": False}]})
     assert cfg.threads == 3
     assert cfg.generators[0].batch_invariant is False
+
+
+def test_sibling_seeds_follow_the_candidate_seeds_within_the_prompts_range():
+    from resynth_index.config import MAX_GAMMA
+
+    assert load_config({"resynthesis": {"gamma": 4, "sibling_seeds": 3}}).resynthesis.sibling_positions == range(4, 7)
+    assert load_config({"resynthesis": {"sibling_seeds": 0}}).resynthesis.sibling_positions == range(1, 1)
+    # a prompt's seed range holds MAX_GAMMA seeds: γ at the maximum leaves none for siblings, and is not an error
+    assert len(load_config({"resynthesis": {"gamma": MAX_GAMMA - 1, "sibling_seeds": 4}}).resynthesis
+               .sibling_positions) == 1
+    assert not load_config({"resynthesis": {"gamma": MAX_GAMMA}}).resynthesis.sibling_positions

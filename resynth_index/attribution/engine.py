@@ -43,7 +43,7 @@ from ..store.keys import normalize_prompt
 from . import provenance_step, query
 from .loaded import LoadedModels
 from .resynthesis import (PACKAGED_PROMPTS, build_workers, candidate_seeds, degraded_namespaces, read_prompt_file,
-                          resynthesize_missing)
+                          resynthesize_missing, sibling_seed_stores)
 from .results import Attribution, BuildReport, Evidence
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from ..models.inverters import Inverter
     from ..store.cache import CandidateCache
     from .open_set import OpenSetCalibration
-    from .prototypes import Prototypes
+    from .prototypes import Prototypes, SiblingSeeds
 
 __all__ = [
     "PACKAGED_PROMPTS",
@@ -222,24 +222,44 @@ class Attributor:
     def build(
         self, prompts: Iterable[str] | None = None, *, limit: int | None = None, progress: bool = True
     ) -> BuildReport:
-        """Precompute candidates for ``prompts`` (default: the config's list, else the packaged one).
+        """Precompute candidates for ``prompts`` (default: the config's list, else the packaged one), then the
+        extra seeds of the generators that have a fine-tune sibling (``resynthesis.sibling_seeds``).
 
         Resumable: prompts already cached under the current namespaces are skipped, and each batch commits
         atomically, so an interrupted build continues where it stopped.
         """
-        from tqdm.auto import tqdm
-
         todo_all = self.prompts_to_build(prompts, limit=limit)
         start = time.perf_counter()
         todo = [p for p in todo_all if not self.cache.contains(p, self.namespaces)]
-        images = 0
+        images_before = self.images_generated
+        self._build_batches(todo, self.namespaces, "build", progress)
+        siblings = self._build_sibling_seeds(todo_all, progress)
+        return BuildReport(len(todo_all), len(todo_all) - len(todo), len(todo), self.images_generated - images_before,
+                           time.perf_counter() - start, siblings)
+
+    def _build_batches(self, prompts: Sequence[str], namespaces: Mapping[str, str], desc: str, progress: bool,
+                       positions: range | None = None) -> None:
+        from tqdm.auto import tqdm
+
         batch = self.config.build.batch_size
-        with tqdm(total=len(todo), unit="prompt", desc="build", disable=not progress, dynamic_ncols=True) as bar:
-            for i in range(0, len(todo), batch):
-                chunk = todo[i : i + batch]
-                images += self._resynthesize(chunk)
+        with tqdm(total=len(prompts), unit="prompt", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+            for i in range(0, len(prompts), batch):
+                chunk = prompts[i : i + batch]
+                self._resynthesize(chunk, namespaces, positions)
                 bar.update(len(chunk))
-        return BuildReport(len(todo_all), len(todo_all) - len(todo), len(todo), images, time.perf_counter() - start)
+
+    def _build_sibling_seeds(self, prompts: Sequence[str], progress: bool) -> tuple[str, ...]:
+        """Generate the extra seeds of ``prompts`` for every generator with a fine-tune sibling (found on the
+        candidates just built) that lacks them; returns those generators."""
+        stores = self._sibling_seeds()
+        siblings = tuple(g for g in self.namespaces if g in self.siblings()) if stores is not None else ()
+        if not siblings:
+            return ()
+        wanted = {g: stores.namespaces[g] for g in siblings}
+        todo = [p for p in prompts if not self.cache.contains(p, wanted)]
+        self._build_batches(todo, wanted, f"sibling seeds ({', '.join(siblings)})", progress,
+                            self.config.resynthesis.sibling_positions)
+        return siblings
 
     def prompts_to_build(self, prompts: Iterable[str] | None = None, *, limit: int | None = None) -> list[str]:
         """The distinct prompts (by normalized form, first spelling kept) a build of ``prompts`` covers, in order:
@@ -261,14 +281,18 @@ class Attributor:
         except UsageError as exc:
             raise ConfigError(f"build.prompts: {exc}") from None
 
-    def _resynthesize(self, prompts: Sequence[str]) -> int:
-        """Generate, embed and commit the missing candidates of ``prompts``; returns images generated."""
+    def _resynthesize(self, prompts: Sequence[str], namespaces: Mapping[str, str] | None = None,
+                      positions: range | None = None) -> int:
+        """Generate, embed and commit the missing candidates of ``prompts`` (or the extra seeds at ``positions``
+        into ``namespaces``); returns images generated."""
         if self.readonly:
             raise RindexError("the index is open read-only: cannot resynthesize")
         ensure_thread_policy()  # FAISS's thread count is per OS thread (a serving worker, say)
-        images = resynthesize_missing(prompts, settings=self.config.resynthesis, namespaces=self.namespaces,
+        images = resynthesize_missing(prompts, settings=self.config.resynthesis,
+                                      namespaces=self.namespaces if namespaces is None else namespaces,
                                       cache=self.cache, generator=self.generator, embedder=self.embedder,
-                                      workers=build_workers(self.config.build.workers, self.device))
+                                      workers=build_workers(self.config.build.workers, self.device),
+                                      positions=positions)
         self.images_generated += images
         return images
 
@@ -406,8 +430,15 @@ class Attributor:
         provenance_step.settle(batch.results, provs)
 
     def _stored_vectors(self) -> int:
+        """The candidates stored under the current namespaces, siblings' extra seeds included (what the prototypes
+        and the open set are refitted on when it grows)."""
         stored = self.cache.namespaces()
-        return sum(stored[n]["vectors"] for n in set(self.namespaces.values()) if n in stored)
+        extra = self._sibling_seeds()
+        names = set(self.namespaces.values()) | (set(extra.namespaces.values()) if extra is not None else set())
+        return sum(stored[n]["vectors"] for n in names if n in stored)
+
+    def _sibling_seeds(self) -> SiblingSeeds | None:
+        return sibling_seed_stores(self.config.resynthesis, self.namespaces)
 
     def query_size(self) -> tuple[int, int] | None:
         """(width, height) a smaller query is enlarged to before embedding: the smallest output size among the
@@ -460,7 +491,8 @@ class Attributor:
         vectors = self._stored_vectors()
         fitted = self._prototypes.get(kind)
         if fitted is None or vectors > fitted[0] * 1.1 or vectors < fitted[0]:
-            stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns))
+            stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns),
+                                       siblings=self._sibling_seeds())
             clean = {g: [c.vector for c in clean] for g, (clean, _) in stored.items()}
             copies = {g: [c.vector for c in copies] for g, (_, copies) in stored.items()}
             if kind == "attribution":
@@ -495,7 +527,7 @@ class Attributor:
             cal = self._open_set = calibrate_open_set(self.cache, ns, sc,
                                                       degraded_namespaces(self.config.resynthesis, ns),
                                                       attributed_to=self.config.attributed_to,
-                                                      blocks=self.embedding_blocks())
+                                                      blocks=self.embedding_blocks(), siblings=self._sibling_seeds())
         return cal
 
     @property
@@ -514,15 +546,27 @@ class Attributor:
         info = dict(self.cache.info())
         info["index"] = str(self.index_dir)
         info["config_namespaces"] = dict(self.namespaces)
-        # Degraded copies (what the prototypes and the open set are also fitted on) are counted apart from the
-        # candidates they were made from.
+        # Degraded copies and fine-tune siblings' extra seeds (which only the prototypes and the open set read)
+        # are counted apart from the candidates.
         degraded = info["degraded_namespaces"] = degraded_namespaces(self.config.resynthesis, self.namespaces)
-        copies = {ns: st["vectors"] for ns, st in info["namespaces"].items() if ns in set(degraded.values())}
-        for g, ns in degraded.items():
-            if ns in copies:
-                info["vectors_per_generator"][g] -= copies[ns]
-                info["vectors"] -= copies[ns]
-        info["degraded_copies_per_generator"] = {g: copies.get(ns, 0) for g, ns in degraded.items()}
+        extra = self._sibling_seeds()
+        info["sibling_seed_namespaces"] = {} if extra is None else dict(extra.namespaces)
+        stored = {ns: st["vectors"] for ns, st in info["namespaces"].items()}
+
+        def set_apart(namespaces: Mapping[str, str]) -> dict[str, int]:
+            counts = {g: stored.get(ns, 0) for g, ns in namespaces.items()}
+            for g, n in counts.items():
+                if n:
+                    info["vectors_per_generator"][g] -= n
+                    info["vectors"] -= n
+            return counts
+
+        info["degraded_copies_per_generator"] = set_apart(degraded)
+        info["sibling_seeds_per_generator"] = {}
+        if extra is not None:
+            info["sibling_seeds_per_generator"] = {g: n for g, n in set_apart(extra.namespaces).items() if n}
+            for g, n in set_apart(extra.copies).items():
+                info["degraded_copies_per_generator"][g] += n
         info["query_size"], info["query_max_size"] = self.query_size(), self.query_max_size()
         # How each runnable generator resynthesizes (computed from the settings: no pipeline is loaded).
         info["generator_calls"] = {

@@ -44,6 +44,7 @@ from .scoring import attributed_scores, evidence_scores
 
 if TYPE_CHECKING:
     from ..store.cache import CandidateCache
+    from .prototypes import SiblingSeeds
 
 #: candidates sampled per generator; enough for a 5% FPR quantile over (generators - 1) x this many cases
 SAMPLES_PER_GENERATOR = 64
@@ -94,7 +95,7 @@ def _fold(prompt: str) -> int:
 
 def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
                      degraded: Mapping[str, str] | None = None, *, attributed_to: Mapping[str, str] | None = None,
-                     blocks: Sequence[int] | None = None,
+                     blocks: Sequence[int] | None = None, siblings: SiblingSeeds | None = None,
                      per_generator: int = SAMPLES_PER_GENERATOR) -> list[tuple[str, dict[str, float]]]:
     """(true generator, per-generator scores) for up to ``per_generator`` of each generator's cached candidates
     and as many of their degraded copies (``degraded``: generator -> their namespace), each scored as a query
@@ -105,10 +106,11 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
     The prototypes are the open set's (shrunk per embedding block, ``blocks``; :data:`OPEN_SET_SHRINKAGE`) and
     cross-fitted: the prompts are split in two halves, and each half is scored against prototypes fitted on the
     other (a whitening fitted on a candidate would flatter it: in a few hundred dimensions the within-generator
-    covariance is estimated from few candidates)."""
+    covariance is estimated from few candidates). Fine-tune siblings' extra seeds (``siblings``) join the
+    prototypes' fit and the sample as more of their candidates."""
     from .prototypes import OPEN_SET_SHRINKAGE, fit_prototypes, stored_candidates
 
-    stored = stored_candidates(cache, namespaces, degraded)
+    stored = stored_candidates(cache, namespaces, degraded, siblings=siblings)
     names = attributed_to or {}
     use_prototypes = scoring.prototype_weight > 0
     rows: list[tuple[str, dict[str, float]]] = []
@@ -149,20 +151,21 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
 
 def calibrate_open_set(cache: CandidateCache, namespaces: Mapping[str, str], scoring: ScoringConfig,
                        degraded: Mapping[str, str] | None = None, *, attributed_to: Mapping[str, str] | None = None,
-                       blocks: Sequence[int] | None = None,
+                       blocks: Sequence[int] | None = None, siblings: SiblingSeeds | None = None,
                        per_generator: int = SAMPLES_PER_GENERATOR) -> OpenSetCalibration:
     """Leave-one-generator-out calibration of the ``unknown`` threshold over the cached candidates (settings
     variants, ``attributed_to``, are left out with their generator)."""
     fpr = scoring.target_fpr
     stats = cache.namespaces()
-    vectors = sum(st["vectors"] for ns, st in stats.items() if ns in set(namespaces.values()))
+    counted = set(namespaces.values()) | (set(siblings.namespaces.values()) if siblings is not None else set())
+    vectors = sum(st["vectors"] for ns, st in stats.items() if ns in counted)
     counts = {g: stats.get(ns, {}).get("vectors", 0) for g, ns in namespaces.items()}
     if len(namespaces) < 2 or min(counts.values(), default=0) < MIN_SAMPLES:
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,
                                   note=f"needs two or more generators with {MIN_SAMPLES}+ cached candidates each "
                                        f"(have {counts}); build more prompts")
     rows = candidate_scores(cache, namespaces, scoring, degraded, attributed_to=attributed_to, blocks=blocks,
-                            per_generator=per_generator)
+                            siblings=siblings, per_generator=per_generator)
     if len({t for t, _ in rows}) < 2:
         # scoring.mode = "restricted" with no prototypes: a candidate has no evidence but its own prompt's
         return OpenSetCalibration(fpr, None, None, None, vectors=vectors,

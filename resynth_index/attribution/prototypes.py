@@ -21,7 +21,7 @@ one of them is its cosine to the others, give or take noise (:func:`~resynth_ind
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -146,14 +146,38 @@ def sibling_groups(per_generator: Mapping[str, Sequence[StoredCandidate]],
     return {g: members for g, members in group.items() if len(members) > 1}
 
 
+@dataclass(frozen=True)
+class SiblingSeeds:
+    """Where fine-tune siblings' extra seeds are stored
+    (:func:`~resynth_index.attribution.resynthesis.sibling_seed_stores`)."""
+
+    namespaces: Mapping[str, str]  # generator -> its extra seeds' namespace
+    copies: Mapping[str, str]  # generator -> their degraded copies' namespace
+    start: int  # the first extra seed's position in its prompt's seed range: they follow the γ candidates
+
+
 def stored_candidates(cache: CandidateCache, namespaces: Mapping[str, str], degraded: Mapping[str, str] | None = None,
-                      limit: int = MAX_PER_GENERATOR) -> dict[str, tuple[list[StoredCandidate], list[StoredCandidate]]]:
+                      limit: int = MAX_PER_GENERATOR, siblings: SiblingSeeds | None = None,
+                      ) -> dict[str, tuple[list[StoredCandidate], list[StoredCandidate]]]:
     """Per generator: a fixed-seed sample of up to ``limit`` of its cached candidates, and of their degraded
-    copies (``degraded``: generator -> the copies' namespace; none when absent or never built)."""
+    copies (``degraded``: generator -> the copies' namespace; none when absent or never built). A sibling's extra
+    seeds (``siblings``), where stored, follow its candidates, numbered by their seeds' positions, as a larger γ
+    would have stored them; likewise their copies."""
     degraded = degraded or {}
-    return {g: (cache.sample(ns, limit), cache.sample(degraded[g], limit) if g in degraded else [])
-            for g, ns in namespaces.items()}
+
+    def read(ns: str | None, start: int = 0) -> list[StoredCandidate]:
+        got = cache.sample(ns, limit) if ns else []
+        return [replace(c, position=c.position + start) for c in got] if start else got
+
+    out = {}
+    for g, ns in namespaces.items():
+        clean, copies = read(ns), read(degraded.get(g))
+        if siblings is not None:
+            clean += read(siblings.namespaces.get(g), siblings.start)
+            copies += read(siblings.copies.get(g))
+        out[g] = (clean, copies)
+    return out
 
 
-__all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "SIBLING_COSINE", "fit_prototypes", "sibling_groups",
-           "stored_candidates"]
+__all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "SIBLING_COSINE", "SiblingSeeds", "fit_prototypes",
+           "sibling_groups", "stored_candidates"]

@@ -77,3 +77,5 @@ class BuildReport:
     built: int  # newly generated and committed
     images: int  # images generated
     seconds: float
+    #: the generators whose prototypes get extra seeds (they have a fine-tune sibling), built where missing
+    sibling_seeds: tuple[str, ...] = ()

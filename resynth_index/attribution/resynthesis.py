@@ -24,6 +24,7 @@ import torch
 from ..config import MAX_GAMMA, Config, ResynthesisConfig
 from ..errors import ConfigError, UsageError
 from ..store.keys import namespace_digest, normalize_prompt
+from .prototypes import SiblingSeeds
 
 if TYPE_CHECKING:
     from ..models.embedders import Embedder
@@ -99,22 +100,26 @@ def generate_candidates(
     settings: ResynthesisConfig,
     generator: Callable[[str], Generator],
     embedder: Embedder,
+    positions: range | None = None,
 ) -> Candidates:
-    """The γ candidate seeds of each prompt, their embeddings and those of ``settings.degraded_copies`` degraded
+    """The γ candidate seeds of each prompt (or those at ``positions`` of its seed range: a sibling's extra
+    seeds, ``settings.sibling_positions``), their embeddings and those of ``settings.degraded_copies`` degraded
     copies of each (:mod:`~resynth_index.images.degrade`) with generator ``name``: the one path every build
     takes (local, write-through and the workers of a distributed build), so that the same prompts in the same
     batch give the same vectors bit for bit wherever they are computed."""
     from ..images.degrade import degraded_copies
 
-    seeds = [candidate_seeds(normalize_prompt(p), settings.gamma, settings.seed_base) for p in prompts]
+    positions = positions if positions is not None else range(settings.gamma)
+    seeds = [candidate_seeds(normalize_prompt(p), positions.stop, settings.seed_base)[positions.start:]
+             for p in prompts]
     pairs = [(p, s) for p, ss in zip(prompts, seeds) for s in ss]
     imgs = generator(name).generate([p for p, _ in pairs], [s for _, s in pairs])
     emb = embedder.embed(imgs)
     degraded = None
     if settings.degraded_copies:
         copies = [c for im, (_, s) in zip(imgs, pairs) for c in degraded_copies(im, settings.degraded_copies, s)]
-        degraded = embedder.embed(copies).reshape(len(prompts), settings.gamma * settings.degraded_copies, -1)
-    return Candidates(seeds, emb.reshape(len(prompts), settings.gamma, -1), degraded)
+        degraded = embedder.embed(copies).reshape(len(prompts), len(positions) * settings.degraded_copies, -1)
+    return Candidates(seeds, emb.reshape(len(prompts), len(positions), -1), degraded)
 
 
 def resynthesize_missing(
@@ -126,9 +131,11 @@ def resynthesize_missing(
     generator: Callable[[str], Generator],
     embedder: Embedder,
     workers: int = 1,
+    positions: range | None = None,
 ) -> int:
     """Generate, embed and commit (in one batch) the candidates ``prompts`` lack, per generator of
-    ``namespaces``; returns the number of images generated. ``generator(name)`` loads a generator on demand.
+    ``namespaces`` (at ``positions``, :func:`generate_candidates`); returns the number of images generated.
+    ``generator(name)`` loads a generator on demand.
     Up to ``workers`` generators run at once, each in its own thread (see :func:`build_workers`); the vectors
     are the same whatever the count, since every image is computed by one generator, alone, as before."""
     missing = {p: [g for g, ns in namespaces.items() if not cache.contains(p, {g: ns})] for p in prompts}
@@ -137,7 +144,8 @@ def resynthesize_missing(
 
     def run(item: tuple[str, list[str]]) -> Candidates:
         name, wanted = item
-        return generate_candidates(name, wanted, settings=settings, generator=generator, embedder=embedder)
+        return generate_candidates(name, wanted, settings=settings, generator=generator, embedder=embedder,
+                                   positions=positions)
 
     if workers > 1 and len(work) > 1:
         for name, _ in work:
@@ -190,3 +198,18 @@ def degraded_namespaces(settings: ResynthesisConfig, namespaces: Mapping[str, st
         return {}
     return {g: namespace_digest({"degraded_copies_of": ns, "copies": settings.degraded_copies, "rule": DEGRADE_RULE})
             for g, ns in namespaces.items()}
+
+
+def sibling_seed_stores(settings: ResynthesisConfig, namespaces: Mapping[str, str]) -> SiblingSeeds | None:
+    """Where each generator's extra seeds (``settings.sibling_positions``) go when it has a fine-tune sibling, and
+    their degraded copies; only the generator prototypes read them. None when ``resynthesis.sibling_seeds`` is 0.
+
+    A fine-tune differs from its base by a small shift of the whole output distribution, which the prototypes
+    estimate as a class mean: more seeds per prompt estimate it better (README "How it works"). They stay out
+    of the query-time evidence, where a best match over more candidates would favour these generators."""
+    positions = settings.sibling_positions
+    if not positions:
+        return None
+    extra = {g: namespace_digest({"sibling_seeds_of": ns, "positions": [positions.start, positions.stop]})
+             for g, ns in namespaces.items()}
+    return SiblingSeeds(extra, degraded_namespaces(settings, extra), positions.start)

@@ -1,8 +1,10 @@
 """Fine-tune siblings: generators whose candidates are near copies are found on the cache and ranked among
 themselves by their prototypes alone."""
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -10,8 +12,10 @@ from PIL import Image
 from resynth_index import Attributor
 from resynth_index.attribution.engine import PACKAGED_PROMPTS, read_prompt_file
 from resynth_index.attribution.prototypes import MIN_PER_GENERATOR
+from resynth_index.attribution.resynthesis import candidate_seeds, generate_candidates, sibling_seed_stores
 from resynth_index.cli import main
 from resynth_index.evaluation.samples import read_benchmark, write_samples
+from resynth_index.store.keys import normalize_prompt
 
 # The same UNet called at a guidance a tenth apart: the same prompt and seed give near copies, as a light
 # fine-tune does. tiny-sdxl is unrelated.
@@ -65,3 +69,36 @@ def test_unrelated_generators_have_no_siblings(index):
     idx, _ = index
     with Attributor({"generators": [GENERATORS[0], GENERATORS[2]]}, index=idx, device="cpu", readonly=True) as engine:
         assert engine.prototypes() is not None and engine.siblings() == {}
+
+
+def test_siblings_get_extra_seeds_that_only_their_prototypes_read(index):
+    idx, _ = index
+    prompts = read_prompt_file(PACKAGED_PROMPTS)[:MIN_PER_GENERATOR]
+    n = len(prompts)
+    with Attributor(CONFIG, index=idx, device="cpu") as engine:
+        rc = engine.config.resynthesis
+        copies, namespaces = rc.degraded_copies, engine.namespaces
+        again = engine.build(prompts, progress=False)
+        assert (again.images, again.sibling_seeds) == (0, ("base", "close"))  # the fixture's build made them
+        info = engine.info()
+        assert info["sibling_seeds_per_generator"] == {"base": n, "close": n}
+        assert info["vectors_per_generator"] == {"base": n, "close": n, "sdxl": n}
+        assert info["degraded_copies_per_generator"] == {"base": 2 * n * copies, "close": 2 * n * copies,
+                                                         "sdxl": n * copies}
+        assert engine.prototypes().counts == {"base": 2 * n * (1 + copies), "close": 2 * n * (1 + copies),
+                                              "sdxl": n * (1 + copies)}
+        # the seed after the prompt's candidate, and the image γ = 2 would have made with it
+        stores = sibling_seed_stores(rc, namespaces)
+        got = engine.cache.lookup(prompts[0], {"base": stores.namespaces["base"]}).candidates["base"]
+        assert got.seeds == candidate_seeds(normalize_prompt(prompts[0]), 2)[1:]
+        two = generate_candidates("base", prompts[:1], settings=dataclasses.replace(rc, gamma=2),
+                                  generator=engine.generator, embedder=engine.embedder)
+        assert float(got.vectors[0] @ two.vectors[0, 1] / np.linalg.norm(two.vectors[0, 1])) > 0.9999
+    # The query-time evidence reads the same namespaces either way; with none, the prototypes read only the
+    # candidates. Another count is another namespace.
+    with Attributor({**CONFIG, "resynthesis": {"sibling_seeds": 0}}, index=idx, device="cpu",
+                    readonly=True) as engine:
+        assert engine.namespaces == namespaces and engine.info()["sibling_seeds_per_generator"] == {}
+        assert engine.prototypes().counts == {g: n * (1 + copies) for g in namespaces}
+    more = sibling_seed_stores(dataclasses.replace(rc, sibling_seeds=2), namespaces)
+    assert not set(more.namespaces.values()) & set(stores.namespaces.values())
