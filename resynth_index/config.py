@@ -13,7 +13,7 @@ Example (every key, with its default unless marked)::
     seed_base = 0                   # shifts every candidate seed (they are derived from the prompt)
     degraded_copies = 2             # degraded copies (JPEG, blur, down-and-up resize) of each candidate embedded
                                     # for the generator prototypes, so they hold on re-encoded images; 0 = none
-    sibling_seeds = 1               # extra candidate seeds per prompt, for the prototypes only, of generators with
+    sibling_seeds = 3               # extra candidate seeds per prompt, for the prototypes only, of generators with
                                     # a fine-tune sibling in the index (README "How it works"); 0 = none
 
     [embedder]
@@ -180,7 +180,7 @@ class ResynthesisConfig:
     gamma: int = 1
     seed_base: int = 0
     degraded_copies: int = 2
-    sibling_seeds: int = 1
+    sibling_seeds: int = 3
 
     @property
     def sibling_positions(self) -> range:

@@ -77,28 +77,30 @@ def test_siblings_get_extra_seeds_that_only_their_prototypes_read(index):
     n = len(prompts)
     with Attributor(CONFIG, index=idx, device="cpu") as engine:
         rc = engine.config.resynthesis
-        copies, namespaces = rc.degraded_copies, engine.namespaces
+        copies, namespaces, k = rc.degraded_copies, engine.namespaces, rc.sibling_seeds
+        assert k >= 1
         again = engine.build(prompts, progress=False)
         assert (again.images, again.sibling_seeds) == (0, ("base", "close"))  # the fixture's build made them
         info = engine.info()
-        assert info["sibling_seeds_per_generator"] == {"base": n, "close": n}
+        assert info["sibling_seeds_per_generator"] == {"base": k * n, "close": k * n}
         assert info["vectors_per_generator"] == {"base": n, "close": n, "sdxl": n}
-        assert info["degraded_copies_per_generator"] == {"base": 2 * n * copies, "close": 2 * n * copies,
+        assert info["degraded_copies_per_generator"] == {"base": (1 + k) * n * copies, "close": (1 + k) * n * copies,
                                                          "sdxl": n * copies}
-        assert engine.prototypes().counts == {"base": 2 * n * (1 + copies), "close": 2 * n * (1 + copies),
+        assert engine.prototypes().counts == {"base": (1 + k) * n * (1 + copies), "close": (1 + k) * n * (1 + copies),
                                               "sdxl": n * (1 + copies)}
-        # the seed after the prompt's candidate, and the image γ = 2 would have made with it
+        # the seeds after the prompt's candidate, and the images γ = 1 + k would have made with them
         stores = sibling_seed_stores(rc, namespaces)
         got = engine.cache.lookup(prompts[0], {"base": stores.namespaces["base"]}).candidates["base"]
-        assert got.seeds == candidate_seeds(normalize_prompt(prompts[0]), 2)[1:]
-        two = generate_candidates("base", prompts[:1], settings=dataclasses.replace(rc, gamma=2),
-                                  generator=engine.generator, embedder=engine.embedder)
-        assert float(got.vectors[0] @ two.vectors[0, 1] / np.linalg.norm(two.vectors[0, 1])) > 0.9999
+        assert got.seeds == candidate_seeds(normalize_prompt(prompts[0]), 1 + k)[1:]
+        wide = generate_candidates("base", prompts[:1], settings=dataclasses.replace(rc, gamma=1 + k),
+                                   generator=engine.generator, embedder=engine.embedder).vectors[0, 1:]
+        wide = wide / np.linalg.norm(wide, axis=1, keepdims=True)
+        assert np.einsum("ij,ij->i", got.vectors, wide).min() > 0.9999
     # The query-time evidence reads the same namespaces either way; with none, the prototypes read only the
     # candidates. Another count is another namespace.
     with Attributor({**CONFIG, "resynthesis": {"sibling_seeds": 0}}, index=idx, device="cpu",
                     readonly=True) as engine:
         assert engine.namespaces == namespaces and engine.info()["sibling_seeds_per_generator"] == {}
         assert engine.prototypes().counts == {g: n * (1 + copies) for g in namespaces}
-    more = sibling_seed_stores(dataclasses.replace(rc, sibling_seeds=2), namespaces)
-    assert not set(more.namespaces.values()) & set(stores.namespaces.values())
+    fewer = sibling_seed_stores(dataclasses.replace(rc, sibling_seeds=k - 1 or 2), namespaces)
+    assert not set(fewer.namespaces.values()) & set(stores.namespaces.values())
