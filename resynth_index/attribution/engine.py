@@ -250,9 +250,13 @@ class Attributor:
 
     def _build_sibling_seeds(self, prompts: Sequence[str], progress: bool) -> tuple[str, ...]:
         """Generate the extra seeds of ``prompts`` for every generator with a fine-tune sibling (found on the
-        candidates just built) that lacks them; returns those generators."""
+        candidates just built) that lacks them; returns those generators. A group of one generator's settings
+        variants gets none: they are attributed to one name, so telling them apart decides nothing."""
         stores = self._sibling_seeds()
-        siblings = tuple(g for g in self.namespaces if g in self.siblings()) if stores is not None else ()
+        groups = self.siblings() if stores is not None else {}
+        names = self.config.attributed_to
+        siblings = tuple(g for g in self.namespaces
+                         if len({names.get(h, h) for h in groups.get(g, ())}) > 1)
         if not siblings:
             return ()
         wanted = {g: stores.namespaces[g] for g in siblings}

@@ -136,3 +136,7 @@ def test_info_shows_each_variants_call(built):
     calls = json.loads(result.stdout)["generator_calls"]
     assert calls["sd~1"]["variant_of"] == "sd" and calls["sd~1"]["steps"] == 6
     assert calls["sd~1"]["scheduler"] == "DDIMScheduler" and "variant_of" not in calls["sd"]
+    # a generator and its variants may be near copies, but they are one name: no extra seeds to tell them apart
+    data = json.loads(result.stdout)
+    assert data["siblings"] == [["sd", "sd~2"]]  # the variant at another guidance
+    assert data["sibling_seeds_per_generator"] == {}

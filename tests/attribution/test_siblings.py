@@ -24,7 +24,8 @@ GENERATORS = [
     {"name": "close", "source": "zoo:tiny-sd", "guidance": 7.4},
     {"name": "sdxl", "source": "zoo:tiny-sdxl"},
 ]
-CONFIG = {"generators": GENERATORS}
+# one extra seed per sibling keeps the fixture's build short; the count is a parameter like any other
+CONFIG = {"generators": GENERATORS, "resynthesis": {"sibling_seeds": 1}}
 
 
 @pytest.fixture(scope="module")
