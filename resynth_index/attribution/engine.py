@@ -43,7 +43,7 @@ from ..store.keys import normalize_prompt
 from . import provenance_step, query
 from .loaded import LoadedModels
 from .resynthesis import (PACKAGED_PROMPTS, build_workers, candidate_seeds, degraded_namespaces, read_prompt_file,
-                          resynthesize_missing, sibling_seed_stores)
+                          prototype_only_counts, resynthesize_missing, sibling_seed_stores)
 from .results import Attribution, BuildReport, Evidence
 
 if TYPE_CHECKING:
@@ -550,27 +550,16 @@ class Attributor:
         info = dict(self.cache.info())
         info["index"] = str(self.index_dir)
         info["config_namespaces"] = dict(self.namespaces)
-        # Degraded copies and fine-tune siblings' extra seeds (which only the prototypes and the open set read)
-        # are counted apart from the candidates.
-        degraded = info["degraded_namespaces"] = degraded_namespaces(self.config.resynthesis, self.namespaces)
+        # Degraded copies and fine-tune siblings' extra seeds are counted apart from the candidates.
+        rc = self.config.resynthesis
+        info["degraded_namespaces"] = degraded_namespaces(rc, self.namespaces)
         extra = self._sibling_seeds()
         info["sibling_seed_namespaces"] = {} if extra is None else dict(extra.namespaces)
-        stored = {ns: st["vectors"] for ns, st in info["namespaces"].items()}
-
-        def set_apart(namespaces: Mapping[str, str]) -> dict[str, int]:
-            counts = {g: stored.get(ns, 0) for g, ns in namespaces.items()}
-            for g, n in counts.items():
-                if n:
-                    info["vectors_per_generator"][g] -= n
-                    info["vectors"] -= n
-            return counts
-
-        info["degraded_copies_per_generator"] = set_apart(degraded)
-        info["sibling_seeds_per_generator"] = {}
-        if extra is not None:
-            info["sibling_seeds_per_generator"] = {g: n for g, n in set_apart(extra.namespaces).items() if n}
-            for g, n in set_apart(extra.copies).items():
-                info["degraded_copies_per_generator"][g] += n
+        apart = prototype_only_counts(rc, self.namespaces, {ns: st["vectors"] for ns, st in info["namespaces"].items()})
+        for g, n in ((g, n) for counts in apart for g, n in counts.items() if n):
+            info["vectors_per_generator"][g] -= n
+            info["vectors"] -= n
+        info["degraded_copies_per_generator"], info["sibling_seeds_per_generator"] = apart
         info["query_size"], info["query_max_size"] = self.query_size(), self.query_max_size()
         # How each runnable generator resynthesizes (computed from the settings: no pipeline is loaded).
         info["generator_calls"] = {

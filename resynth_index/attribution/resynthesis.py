@@ -213,3 +213,20 @@ def sibling_seed_stores(settings: ResynthesisConfig, namespaces: Mapping[str, st
     extra = {g: namespace_digest({"sibling_seeds_of": ns, "positions": [positions.start, positions.stop]})
              for g, ns in namespaces.items()}
     return SiblingSeeds(extra, degraded_namespaces(settings, extra), positions.start)
+
+
+def prototype_only_counts(settings: ResynthesisConfig, namespaces: Mapping[str, str],
+                          stored: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per generator, the stored vectors (``stored``: namespace -> vectors) that only the prototypes and the open
+    set read: the degraded copies (of its candidates and of its extra seeds), and its extra seeds as a sibling
+    (only the generators that have any)."""
+    def count(of: Mapping[str, str]) -> dict[str, int]:
+        return {g: stored.get(ns, 0) for g, ns in of.items()}
+
+    copies, seeds = count(degraded_namespaces(settings, namespaces)), {}
+    extra = sibling_seed_stores(settings, namespaces)
+    if extra is not None:
+        seeds = {g: n for g, n in count(extra.namespaces).items() if n}
+        for g, n in count(extra.copies).items():
+            copies[g] += n
+    return copies, seeds
