@@ -36,7 +36,10 @@ Example (every key, with its default unless marked)::
     texture = "gram"                # gram | none: join native-resolution texture statistics (the channel means
                                     # and covariance of EfficientNet-Lite0's early block stages; README "How it works")
     texture_layers = [2]            # the block stages they are read at (1..7)
-    texture_weight = 0.25           # their share of the cosine; the semantic features keep what the two leave
+    texture_weight = 0.25           # their share of the cosine; the semantic features keep what the parts leave
+    thumbnail = 32                  # side (pixels) of the whole image box-filtered small, joined to each embedding
+                                    # for the fine-tune siblings' second stage (README "How it works"); 0 = none
+    thumbnail_weight = 0.02         # its share of the cosine (kept small: only that stage reads it)
 
     [inverter]
     chain = ["metadata", "label"]   # tried in order per image: metadata | label | blip | clip-interrogator
@@ -67,6 +70,8 @@ Example (every key, with its default unless marked)::
     prototype_weight = 0.8          # weight of the generator prototypes (whitened class means of all cached
                                     # candidates; README "How it works"); 0 = off, 1 = prototypes alone
     open_set_prototype_weight = 0.5 # their weight in the open-set statistic (README "Open set")
+    sibling_thumbnail_weight = 0.25 # weight of the thumbnail discriminant against the prototypes among fine-tune
+                                    # siblings (README "How it works"); 0 = off
 
     [build]
     prompts = ""                    # prompt list file; "" = the packaged list
@@ -205,6 +210,8 @@ class EmbedderConfig:
     texture: str = "gram"
     texture_layers: tuple[int, ...] = (2,)
     texture_weight: float = 0.25
+    thumbnail: int = 32
+    thumbnail_weight: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -238,6 +245,7 @@ class ScoringConfig:
     min_tpr: float = 0.99
     prototype_weight: float = 0.8
     open_set_prototype_weight: float = 0.5
+    sibling_thumbnail_weight: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -465,7 +473,10 @@ MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "resynthesis.degraded_copies": (0, MAX_DEGRADED_COPIES),
            "resynthesis.sibling_seeds": (0, MAX_SIBLING_SEEDS),
-           "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1), "scoring.open_set_prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1), "embedder.fingerprint_window": (16, 512), "embedder.texture_layers": (1, 7),
+           "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1),
+           "scoring.open_set_prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1),
+           "scoring.sibling_thumbnail_weight": (0, 4), "embedder.fingerprint_window": (16, 512),
+           "embedder.texture_layers": (1, 7), "embedder.thumbnail": (0, 128),
            "provenance.watermark_min_agreement": (0.5, 1.0)}  # inclusive bounds
 
 

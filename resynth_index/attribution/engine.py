@@ -252,11 +252,12 @@ class Attributor:
         """Generate the extra seeds of ``prompts`` for every generator with a fine-tune sibling (found on the
         candidates just built) that lacks them; returns those generators. A group of one generator's settings
         variants gets none: they are attributed to one name, so telling them apart decides nothing."""
+        from .prototypes import families_to_tell_apart
+
         stores = self._sibling_seeds()
         groups = self.siblings() if stores is not None else {}
-        names = self.config.attributed_to
-        siblings = tuple(g for g in self.namespaces
-                         if len({names.get(h, h) for h in groups.get(g, ())}) > 1)
+        told_apart = set().union(*families_to_tell_apart(groups, self.config.attributed_to))
+        siblings = tuple(g for g in self.namespaces if g in told_apart)
         if not siblings:
             return ()
         wanted = {g: stores.namespaces[g] for g in siblings}
@@ -487,10 +488,12 @@ class Attributor:
         return self._siblings if self.prototypes() is not None else {}
 
     def _fitted_prototypes(self, kind: str) -> Prototypes | None:
-        from .prototypes import OPEN_SET_SHRINKAGE, fit_prototypes, sibling_groups, stored_candidates
+        from .prototypes import (OPEN_SET_SHRINKAGE, families_to_tell_apart, fit_prototypes, sibling_groups,
+                                 stored_candidates, with_sibling_thumbnails)
 
         ns = self.namespaces
-        if self.config.scoring.prototype_weight <= 0 or not ns:
+        sc = self.config.scoring
+        if sc.prototype_weight <= 0 or not ns:
             return None
         vectors = self._stored_vectors()
         fitted = self._prototypes.get(kind)
@@ -499,17 +502,30 @@ class Attributor:
                                        siblings=self._sibling_seeds())
             clean = {g: [c.vector for c in clean] for g, (clean, _) in stored.items()}
             copies = {g: [c.vector for c in copies] for g, (_, copies) in stored.items()}
+            blocks, thumbnail = self._prototype_blocks()
+            columns = (0, sum(blocks)) if blocks else None
             if kind == "attribution":
-                fit = fit_prototypes(clean, degraded=copies)
+                fit = fit_prototypes(clean, degraded=copies, columns=columns)
                 self._siblings = sibling_groups({g: clean for g, (clean, _) in stored.items()})
+                families = families_to_tell_apart(self._siblings, self.config.attributed_to)
+                if fit is not None and thumbnail and families and sc.sibling_thumbnail_weight > 0:
+                    fit = with_sibling_thumbnails(fit, clean, copies, families, thumbnail, sc.sibling_thumbnail_weight)
             else:
-                fit = fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=self.embedding_blocks())
+                fit = fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=blocks, columns=columns)
             self._prototypes[kind] = fitted = (vectors, fit)
         return fitted[1]
 
+    def _prototype_blocks(self) -> tuple[tuple[int, ...] | None, tuple[int, int] | None]:
+        """The embedding blocks the prototypes and the open set fit, and the thumbnail's columns (None without
+        one): the thumbnail, the last block, is read by the fine-tune siblings' second stage alone."""
+        blocks = self.embedding_blocks()
+        if blocks is None or not self.config.embedder.thumbnail or len(blocks) < 2:
+            return blocks, None
+        return blocks[:-1], (sum(blocks[:-1]), sum(blocks))
+
     def embedding_blocks(self) -> tuple[int, ...] | None:
-        """The sizes of the stored embeddings' blocks (semantic features, fingerprint); None before anything is
-        stored."""
+        """The sizes of the stored embeddings' blocks (semantic features, texture, spectrum, thumbnail); None before
+        anything is stored."""
         from ..models.embedders import embedding_blocks
 
         dims = {st["dim"] for n, st in self.cache.namespaces().items() if n in set(self.namespaces.values())}
@@ -531,7 +547,7 @@ class Attributor:
             cal = self._open_set = calibrate_open_set(self.cache, ns, sc,
                                                       degraded_namespaces(self.config.resynthesis, ns),
                                                       attributed_to=self.config.attributed_to,
-                                                      blocks=self.embedding_blocks(), siblings=self._sibling_seeds())
+                                                      blocks=self._prototype_blocks()[0], siblings=self._sibling_seeds())
         return cal
 
     @property

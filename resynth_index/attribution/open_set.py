@@ -103,7 +103,8 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
     variants (``attributed_to``: generator -> the name it is attributed to) count as their generator, so that
     leaving a generator out leaves its variants out too.
 
-    The prototypes are the open set's (shrunk per embedding block, ``blocks``; :data:`OPEN_SET_SHRINKAGE`) and
+    The prototypes are the open set's (shrunk per embedding block, ``blocks``, the leading blocks they fit; a
+    thumbnail after them is read by the fine-tune siblings' second stage alone; :data:`OPEN_SET_SHRINKAGE`) and
     cross-fitted: the prompts are split in two halves, and each half is scored against prototypes fitted on the
     other (a whitening fitted on a candidate would flatter it: in a few hundred dimensions the within-generator
     covariance is estimated from few candidates). Fine-tune siblings' extra seeds (``siblings``) join the
@@ -120,7 +121,8 @@ def candidate_scores(cache: CandidateCache, namespaces: Mapping[str, str], scori
         other_half = {g: ([c.vector for c in clean if _fold(c.prompt) != fold],
                           [c.vector for c in copies if _fold(c.prompt) != fold]) for g, (clean, copies) in stored.items()}
         prototypes = (fit_prototypes({g: c for g, (c, _) in other_half.items()}, OPEN_SET_SHRINKAGE,
-                                     degraded={g: d for g, (_, d) in other_half.items()}, blocks=blocks)
+                                     degraded={g: d for g, (_, d) in other_half.items()}, blocks=blocks,
+                                     columns=(0, sum(blocks)) if blocks else None)
                       if use_prototypes else None)
         for g in namespaces:
             clean, degraded = stored[g]

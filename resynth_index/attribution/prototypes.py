@@ -20,7 +20,7 @@ one of them is its cosine to the others, give or take noise (:func:`~resynth_ind
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,10 @@ OPEN_SET_SHRINKAGE = 0.9
 SIBLING_COSINE = 0.95
 #: candidates compared per pair of generators
 SIBLING_PAIRS = 512
+#: the fine-tune siblings' thumbnail stage: its shrinkage (0.2 to 0.8 read within half a point of each other on
+#: three draws of the hard benchmark) and the candidates per member its scale is read on
+SIBLING_THUMBNAIL_SHRINKAGE = 0.5
+SIBLING_SCALE_SAMPLE = 256
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -66,14 +70,25 @@ class Prototypes:
     sums: dict[str, np.ndarray]  # generator -> sum of its whitened, centred candidates
     counts: dict[str, int]
     vectors: int  # candidates fitted (refit when the cache has grown)
+    columns: tuple[int, int] | None = None  # the stored rows' columns fitted (start, stop); None = all
+    siblings: tuple[SiblingThumbnails, ...] = ()  # second stages, one per fine-tune family
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Centred, whitened rows (not normalised)."""
-        return (np.atleast_2d(np.asarray(x, np.float32)) - self.mean) @ self.whiten
+        x = np.atleast_2d(np.asarray(x, np.float32))
+        if self.columns is not None:
+            x = x[:, self.columns[0] : self.columns[1]]
+        return (x - self.mean) @ self.whiten
+
+    def cosines(self, rows: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """(n, len(names)): each row's cosine to each named generator's mean in the whitened space."""
+        means = np.stack([self.sums[g] / self.counts[g] for g in names])
+        return _unit(self.transform(rows)) @ _unit(means).T
 
     def scores(self, query: np.ndarray, leave_out: tuple[str, np.ndarray] | None = None) -> dict[str, float]:
-        """Cosine of one query to each generator's mean in the whitened space. ``leave_out`` =
-        (generator, its whitened candidate) removes that candidate from its generator's mean."""
+        """Cosine of one query to each generator's mean in the whitened space, fine-tune siblings' moved apart by
+        their second stage (:class:`SiblingThumbnails`). ``leave_out`` = (generator, its whitened candidate)
+        removes that candidate from its generator's mean."""
         q = _unit(self.transform(query)[0])
         out = {}
         for g, total in self.sums.items():
@@ -81,12 +96,35 @@ class Prototypes:
             if leave_out is not None and leave_out[0] == g:
                 total, n = total - leave_out[1], n - 1
             out[g] = float(_unit(total / n) @ q)
+        for stage in self.siblings:
+            out.update(stage.adjust(out, query))
         return out
+
+
+@dataclass(frozen=True)
+class SiblingThumbnails:
+    """The second stage for one fine-tune family: a whitened nearest-class-mean discriminant fitted on the family's
+    own candidates, on the embedding's thumbnail columns alone (:class:`~resynth_index.models.fingerprints.ThumbnailFingerprint`).
+
+    The first stage's class means separate a light fine-tune from its base only so far: the global features
+    barely move, while the small fixed pattern it leaves in the frame's layout of light and colour is there in
+    the thumbnail, under a seed-to-seed variation that only a covariance of the family's own images, not one
+    pooled over unrelated architectures, can whiten away. The stage moves each member's first-stage score by
+    ``gain`` times its thumbnail cosine's lead over the family's mean; the family's mean score, and with it every
+    comparison with other generators, is left as it was."""
+
+    prototypes: Prototypes  # fitted on the family's candidates, thumbnail columns only
+    gain: float  # weight times the ratio of the two stages' spreads among the family's own candidates
+
+    def adjust(self, scores: Mapping[str, float], query: np.ndarray) -> dict[str, float]:
+        names = [g for g in self.prototypes.sums if g in scores]
+        thumb = self.prototypes.cosines(query, names)[0]
+        return {g: scores[g] + self.gain * float(t - thumb.mean()) for g, t in zip(names, thumb)}
 
 
 def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = SHRINKAGE,
                    degraded: Mapping[str, np.ndarray] | None = None,
-                   blocks: Sequence[int] | None = None) -> Prototypes | None:
+                   blocks: Sequence[int] | None = None, columns: tuple[int, int] | None = None) -> Prototypes | None:
     """Fit the whitened class means from each generator's candidate vectors and (``degraded``) the vectors of
     their degraded copies; None when some generator has fewer than :data:`MIN_PER_GENERATOR` candidates (copies
     do not count: copies of a few candidates are still a few candidates) or there are fewer than two.
@@ -95,11 +133,14 @@ def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = S
     consecutive blocks, :func:`~resynth_index.models.embedders.embedding_blocks`) towards, per block, the
     geometric mean of that and the block's own average variance: each block's own alone whitens the fingerprint
     fully and drowns the semantic features that tell unrelated generators apart (the embedded default's
-    calibration fell to TPR 98.4% at 5% FPR), one for all drowns the fingerprint."""
+    calibration fell to TPR 98.4% at 5% FPR), one for all drowns the fingerprint. ``columns`` = (start, stop)
+    fits those columns of the vectors alone, and the prototypes read the same columns of a query."""
     if len(per_generator) < 2 or min(len(v) for v in per_generator.values()) < MIN_PER_GENERATOR:
         return None
     degraded = degraded or {}
-    data = {g: np.asarray(list(v) + list(degraded.get(g, [])), np.float64) for g, v in per_generator.items()}
+    cut = slice(*columns) if columns is not None else slice(None)
+    data = {g: np.asarray(list(v) + list(degraded.get(g, [])), np.float32)[:, cut].astype(np.float64)
+            for g, v in per_generator.items()}
     everything = np.concatenate(list(data.values()))
     mean = everything.mean(axis=0)
     within = np.concatenate([v - v.mean(axis=0) for v in data.values()])
@@ -117,7 +158,38 @@ def fit_prototypes(per_generator: Mapping[str, np.ndarray], shrinkage: float = S
     whiten = vecs / np.sqrt(np.maximum(values, 1e-12 * values.max()))
     sums = {g: ((v - mean) @ whiten).sum(axis=0) for g, v in data.items()}
     return Prototypes(mean.astype(np.float32), whiten.astype(np.float32), sums, {g: len(v) for g, v in data.items()},
-                      len(everything))
+                      len(everything), columns)
+
+
+def with_sibling_thumbnails(first: Prototypes, per_generator: Mapping[str, np.ndarray],
+                            degraded: Mapping[str, np.ndarray], families: Sequence[Collection[str]],
+                            columns: tuple[int, int], weight: float) -> Prototypes:
+    """``first`` with a :class:`SiblingThumbnails` stage for each of ``families`` (groups of fine-tune siblings),
+    fitted on ``columns`` (the thumbnail's) of the members' candidates and degraded copies. Each stage's gain
+    puts its scores on the first stage's scale: ``weight`` times the ratio of how far the two stages' scores
+    spread among the members, over a fixed-seed sample of the members' own candidates."""
+    stages = []
+    rng = np.random.default_rng(0)
+    for family in families:
+        members = sorted(family)
+        fit = fit_prototypes({g: per_generator[g] for g in members}, SIBLING_THUMBNAIL_SHRINKAGE,
+                             degraded={g: degraded.get(g, []) for g in members}, columns=columns)
+        if fit is None:
+            continue
+        sample = np.concatenate([np.asarray(per_generator[g], np.float32)[
+            rng.permutation(len(per_generator[g]))[:SIBLING_SCALE_SAMPLE]] for g in members])
+        spread = first.cosines(sample, members).std(axis=1).mean()
+        thumb_spread = fit.cosines(sample, members).std(axis=1).mean()
+        stages.append(SiblingThumbnails(fit, float(weight * spread / max(thumb_spread, 1e-12))))
+    return replace(first, siblings=tuple(stages))
+
+
+def families_to_tell_apart(groups: Mapping[str, Collection[str]],
+                           attributed_to: Mapping[str, str]) -> list[frozenset[str]]:
+    """The distinct sibling groups whose members are attributed to two or more names: a group of one generator's
+    settings variants decides nothing, so nothing is spent on telling its members apart."""
+    distinct = {frozenset(group) for group in groups.values()}
+    return sorted((f for f in distinct if len({attributed_to.get(g, g) for g in f}) > 1), key=sorted)
 
 
 def sibling_groups(per_generator: Mapping[str, Sequence[StoredCandidate]],
@@ -179,5 +251,5 @@ def stored_candidates(cache: CandidateCache, namespaces: Mapping[str, str], degr
     return out
 
 
-__all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "SIBLING_COSINE", "SiblingSeeds", "fit_prototypes",
-           "sibling_groups", "stored_candidates"]
+__all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "SIBLING_COSINE", "SiblingSeeds", "SiblingThumbnails",
+           "families_to_tell_apart", "fit_prototypes", "sibling_groups", "stored_candidates", "with_sibling_thumbnails"]

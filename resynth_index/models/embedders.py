@@ -377,13 +377,15 @@ class FingerprintedEmbedder(Embedder):
     """
 
     def __init__(self, base: Embedder, parts: Sequence[tuple[Fingerprint, float]]) -> None:
+        keys = {"texture": "texture_weight", "thumbnail": "thumbnail_weight"}
         for fingerprint, weight in parts:
             if not 0.0 < weight < 1.0:
-                key = "texture_weight" if fingerprint.kind == "texture" else "fingerprint_weight"
+                key = keys.get(fingerprint.kind, "fingerprint_weight")
                 raise ConfigError(f"embedder.{key} must be between 0 and 1 (exclusive), got {weight!r}")
         if sum(w for _, w in parts) >= 1.0:
-            raise ConfigError("embedder.fingerprint_weight + embedder.texture_weight must leave the semantic "
-                              f"features a share, got {' + '.join(f'{w:g}' for _, w in parts)}")
+            named = " + ".join(f"embedder.{keys.get(fp.kind, 'fingerprint_weight')}" for fp, _ in parts)
+            raise ConfigError(f"{named} must leave the semantic features a share, "
+                              f"got {' + '.join(f'{w:g}' for _, w in parts)}")
         self.base, self.parts = base, [(fp, float(w)) for fp, w in parts]
         super().__init__(id=base.id + "".join(f"+{fp.id}:w{w:g}" for fp, w in self.parts),
                          dim=base.dim + sum(fp.dim for fp, _ in self.parts), device=base.device,
@@ -514,6 +516,8 @@ def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto
     if cfg.fingerprint != "none":
         spectrum = load_fingerprint(cfg.fingerprint, window=cfg.fingerprint_window, colour=cfg.fingerprint_colour)
         parts.append((spectrum, cfg.fingerprint_weight))
+    if cfg.thumbnail:
+        parts.append((load_fingerprint("thumbnail", side=cfg.thumbnail), cfg.thumbnail_weight))
     if parts:
         embedder = FingerprintedEmbedder(embedder, parts)
     embedder.share_forward = cfg.share_forward
@@ -522,8 +526,8 @@ def embedder_from_config(cfg: EmbedderConfig, device: str | torch.device = "auto
 
 def embedding_blocks(cfg: EmbedderConfig, dim: int) -> tuple[int, ...]:
     """The sizes of the blocks a ``dim``-dimensional embedding made as ``cfg`` says joins: the semantic features,
-    then the texture statistics and the fingerprint's spectrum when there are. Worked out from the config, so
-    nothing is loaded."""
+    then the texture statistics, the fingerprint's spectrum and the thumbnail when there are. Worked out from the
+    config, so nothing is loaded."""
     from .fingerprints import SpectrumFingerprint, texture_dim
 
     parts = []
@@ -531,4 +535,6 @@ def embedding_blocks(cfg: EmbedderConfig, dim: int) -> tuple[int, ...]:
         parts.append(texture_dim(cfg.texture_layers))
     if cfg.fingerprint != "none":
         parts.append(SpectrumFingerprint(window=cfg.fingerprint_window, colour=cfg.fingerprint_colour).dim)
+    if cfg.thumbnail:
+        parts.append(3 * cfg.thumbnail ** 2)
     return (dim - sum(parts), *parts) if dim > sum(parts) else (dim,)

@@ -26,6 +26,9 @@ An image smaller than the patch size is used whole.
 * ``texture`` (an embedding part, not a gallery fingerprint: ``[embedder] texture``): the channel means and the
   channel covariance (Gram matrix) of EfficientNet-Lite0's early block stages on the image's central crop,
   which keep how the early filters' responses vary together.
+* ``thumbnail`` (an embedding part too: ``[embedder] thumbnail``): the whole image box-filtered down to a few
+  dozen pixels a side, where in the frame light and colour fall. Only the fine-tune siblings' second stage
+  reads it (:mod:`resynth_index.attribution.prototypes`).
 
 Features are returned raw; the gallery centres them on its real-photo prototype before cosine matching
 (:mod:`resynth_index.gallery.references`). An image that cannot be described raises :class:`ImageError`; it never
@@ -315,13 +318,36 @@ class TextureFingerprint(Fingerprint):
         return torch.cat(parts, dim=1).cpu().numpy()
 
 
+class ThumbnailFingerprint(Fingerprint):
+    """The whole image box-filtered down to ``side`` x ``side`` (aspect not kept), its RGB values shifted to
+    -0.5..0.5: the layout of light and colour over the frame, which every feature above pools away.
+
+    On the hard benchmark a light fine-tune moves every pixel of an image by about 15 levels for the same seed,
+    but its average over many images by less than 2: a small, fixed pattern under a large seed-to-seed one, which
+    a linear discriminant fitted on the siblings' own thumbnails finds (README *Why a thumbnail*)."""
+
+    kind = "thumbnail"
+
+    def __init__(self, *, side: int = 32) -> None:
+        if side < 1:
+            raise ConfigError(f"embedder.thumbnail must be a side in pixels (0 = none), got {side}")
+        self.side = side
+        super().__init__(id=f"thumbnail:box{side}", dim=3 * side * side)
+
+    def _describe(self, pixels: np.ndarray) -> np.ndarray:
+        small = Image.fromarray(pixels).resize((self.side, self.side), Image.BOX)
+        return (np.asarray(small, np.float32) / 255.0 - 0.5).ravel()
+
+
 def load_fingerprint(kind: str, *, device: str | torch.device = "cpu", **options) -> Fingerprint:
-    """A fingerprint extractor by kind (``spectrum``, ``bitplane`` or ``texture``); ``options`` are its keyword
-    arguments."""
+    """A fingerprint extractor by kind (``spectrum``, ``bitplane``, ``texture`` or ``thumbnail``); ``options`` are
+    its keyword arguments."""
     if kind == "spectrum":
         return SpectrumFingerprint(**options)
     if kind == "texture":
         return TextureFingerprint(device=device, **options)
+    if kind == "thumbnail":
+        return ThumbnailFingerprint(**options)
     if kind == "bitplane":
         return BitPlaneFingerprint(device=device, **options)
     raise ConfigError(f"gallery.fingerprint: unknown fingerprint kind {kind!r} (choose from {', '.join(FINGERPRINT_KINDS)})")

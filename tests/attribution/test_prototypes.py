@@ -4,8 +4,9 @@ nearest-class-mean rule)."""
 import numpy as np
 import pytest
 
-from resynth_index.attribution.prototypes import (MIN_PER_GENERATOR, OPEN_SET_SHRINKAGE, SIBLING_COSINE, fit_prototypes,
-                                                  sibling_groups)
+from resynth_index.attribution.prototypes import (MIN_PER_GENERATOR, OPEN_SET_SHRINKAGE, SIBLING_COSINE,
+                                                  families_to_tell_apart, fit_prototypes, sibling_groups,
+                                                  with_sibling_thumbnails)
 from resynth_index.store.lookup import StoredCandidate
 
 
@@ -122,3 +123,41 @@ def test_generators_whose_candidates_are_near_copies_are_grouped_as_siblings():
     assert cos < SIBLING_COSINE and sibling_groups(stored, threshold=cos - 0.01)["base"] == family
     # candidates of different prompts are never compared: no shared prompt, no siblings
     assert sibling_groups({"a": stored["base"][:20], "b": stored["fine-tune"][20:]}) == {}
+
+
+def _rows(rng, n, main_shift=0.0, pattern=0.0):
+    # 16 columns the first stage fits, then a 12-column "thumbnail" where a fine-tune leaves a small fixed
+    # pattern under a large per-image variation
+    main = rng.standard_normal((n, 16)) + main_shift
+    thumb = rng.standard_normal((n, 12)) * 3.0 + pattern * np.resize([1.0, -1.0], 12)
+    return np.hstack([main, thumb])
+
+
+def test_the_siblings_thumbnail_stage_tells_a_fine_tune_from_its_base_and_leaves_other_comparisons_alone():
+    rng = np.random.default_rng(0)
+    clean = {"base": _rows(rng, 300), "tune": _rows(rng, 300, pattern=3.0), "other": _rows(rng, 300, main_shift=4.0)}
+    first = fit_prototypes(clean, columns=(0, 16))
+    assert first.transform(clean["base"][:1]).shape == (1, 16)
+    # here the first stage's differences between the siblings are all noise, so the thumbnail must outweigh them
+    staged = with_sibling_thumbnails(first, clean, {}, [frozenset({"base", "tune"})], (16, 28), weight=4.0)
+    assert len(staged.siblings) == 1 and staged.siblings[0].gain > 0
+
+    def accuracy(protos, queries):
+        return np.mean([max(protos.scores(q), key=protos.scores(q).get) == g for g, rows in queries.items()
+                        for q in rows])
+
+    qrng = np.random.default_rng(1)
+    queries = {"base": _rows(qrng, 100), "tune": _rows(qrng, 100, pattern=3.0)}
+    assert accuracy(first, queries) < 0.65  # the first stage sees nothing between them
+    assert accuracy(staged, queries) > 0.85
+    q = queries["tune"][0]
+    before, after = first.scores(q), staged.scores(q)
+    assert after["other"] == before["other"]
+    assert after["base"] + after["tune"] == pytest.approx(before["base"] + before["tune"])
+
+
+def test_only_families_spanning_two_names_are_told_apart():
+    groups = {"sd": frozenset({"sd", "sd~2", "ft"}), "sd~2": frozenset({"sd", "sd~2", "ft"}),
+              "ft": frozenset({"sd", "sd~2", "ft"}), "xl": frozenset({"xl", "xl~2"}), "xl~2": frozenset({"xl", "xl~2"})}
+    assert families_to_tell_apart(groups, {"sd~2": "sd", "xl~2": "xl"}) == [frozenset({"sd", "sd~2", "ft"})]
+    assert families_to_tell_apart({}, {}) == []

@@ -47,11 +47,25 @@ def test_near_copies_are_siblings_and_rank_by_their_prototypes(index):
         family = frozenset({"base", "close"})
         assert engine.siblings() == {"base": family, "close": family}
         result = engine.attribute(image, resynthesize=False)[0]
-        proto = engine.prototypes().scores(engine.embedder.embed([image])[0])
+        protos = engine.prototypes()
+        query = engine.embedder.embed([image])[0]
+        proto = protos.scores(query)
         weight = engine.config.scoring.prototype_weight
+        # the class means fit every block but the thumbnail, which the family's second stage fits alone
+        *fitted, thumbnail = engine.embedding_blocks()
+        assert protos.columns == (0, sum(fitted)) and thumbnail == 3 * 32 * 32
+        assert engine.open_set_prototypes().columns == (0, sum(fitted))
+        (stage,) = protos.siblings
+        assert set(stage.prototypes.sums) == family and stage.prototypes.columns == (sum(fitted), sum(fitted) + thumbnail)
+        first = dataclasses.replace(protos, siblings=()).scores(query)
+        thumb = stage.prototypes.cosines(query, ["base", "close"])[0]
     # the two share their best similarity, so only the prototypes' difference separates them
     assert result.scores["base"] - result.scores["close"] == pytest.approx(weight * (proto["base"] - proto["close"]),
                                                                            abs=1e-5)
+    # and that is the class means' difference moved by the thumbnail stage's
+    assert proto["base"] - proto["close"] == pytest.approx(first["base"] - first["close"]
+                                                           + stage.gain * (thumb[0] - thumb[1]), abs=1e-5)
+    assert proto["sdxl"] == first["sdxl"]
 
 
 def test_info_lists_the_sibling_groups(index, tmp_path):

@@ -20,20 +20,25 @@ def images():
             Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))]
 
 
-def test_default_config_joins_texture_and_spectrum_and_the_cosine_splits_by_weight(images):
-    emb = embedder_from_config(EmbedderConfig(runtime="torch"), device="cpu")
+def test_default_config_joins_texture_spectrum_and_thumbnail_and_the_cosine_splits_by_weight(images):
+    cfg = EmbedderConfig(runtime="torch")
+    emb = embedder_from_config(cfg, device="cpu")
     assert isinstance(emb, FingerprintedEmbedder)
     assert emb.id == ("efficientnet-lite0:imagenet:block4+texture:efficientnet-lite0:block2:gram:c256:w0.25"
-                      "+spectrum:residual3:w32:p8:mean+chroma:w0.375")
-    assert emb.dim == 80 + 324 + 3 * 32 * 17
+                      "+spectrum:residual3:w32:p8:mean+chroma:w0.375+thumbnail:box32:w0.02")
+    assert embedding_blocks(cfg, emb.dim) == (80, 324, 3 * 32 * 17, 3 * 32 * 32) and emb.dim == 80 + 324 + 1632 + 3072
     x = emb.embed(images)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     semantic = emb.base.embed(images)
-    texture, spectrum = x[:, 80:404] / np.sqrt(0.25), x[:, 404:] / np.sqrt(0.375)
-    np.testing.assert_allclose(x @ x.T, 0.375 * semantic @ semantic.T + 0.25 * texture @ texture.T
-                               + 0.375 * spectrum @ spectrum.T, atol=1e-5)
+    texture, spectrum = x[:, 80:404] / np.sqrt(0.25), x[:, 404:2036] / np.sqrt(0.375)
+    thumbnail = x[:, 2036:] / np.sqrt(0.02)
+    np.testing.assert_allclose(x @ x.T, 0.355 * semantic @ semantic.T + 0.25 * texture @ texture.T
+                               + 0.375 * spectrum @ spectrum.T + 0.02 * thumbnail @ thumbnail.T, atol=1e-5)
     # the spectrum part tells the noise image from the smooth one far more than the semantic part does
     assert spectrum[0] @ spectrum[1] < semantic[0] @ semantic[1]
+    # the thumbnail is the image box-filtered to 32 x 32 (any aspect), values shifted to -0.5..0.5, unit length
+    small = np.stack([np.asarray(im.resize((32, 32), Image.BOX), np.float32).ravel() / 255 - 0.5 for im in images])
+    np.testing.assert_allclose(thumbnail, small / np.linalg.norm(small, axis=1, keepdims=True), atol=1e-5)
 
 
 def test_shared_pass_output_matches_and_tiny_images_keep_the_semantic_part(images):
@@ -47,10 +52,11 @@ def test_shared_pass_output_matches_and_tiny_images_keep_the_semantic_part(image
 
 
 def test_fingerprint_keys_are_checked_and_none_keeps_the_plain_embedder():
-    plain = load_config({"embedder": {"fingerprint": "none", "texture": "none", "runtime": "torch"}}).embedder
+    plain = load_config({"embedder": {"fingerprint": "none", "texture": "none", "thumbnail": 0,
+                                      "runtime": "torch"}}).embedder
     assert embedder_from_config(plain, "cpu").id == "efficientnet-lite0:imagenet:block4"
     mean = load_config({"embedder": {"fingerprint_colour": "mean", "texture": "none", "fingerprint_weight": 0.5,
-                                     "runtime": "torch"}}).embedder
+                                     "thumbnail": 0, "runtime": "torch"}}).embedder
     # the spectrum alone at half the cosine: the id (and namespace) the default had before the texture joined
     assert embedder_from_config(mean, "cpu").id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:w0.5"
     with pytest.raises(ConfigError, match="embedder.fingerprint_weight"):
@@ -93,7 +99,7 @@ def test_the_colour_key_is_checked_and_opponent_is_an_embedding_of_its_own(image
     with pytest.raises(ConfigError, match="embedder.fingerprint_colour"):
         load_config({"embedder": {"fingerprint_colour": "rgb"}})
     cfg = load_config({"embedder": {"fingerprint_colour": "opponent", "texture": "none", "fingerprint_weight": 0.5,
-                                    "runtime": "torch"}}).embedder
+                                    "thumbnail": 0, "runtime": "torch"}}).embedder
     emb = embedder_from_config(cfg, device="cpu")
     assert emb.id == "efficientnet-lite0:imagenet:block4+spectrum:residual3:w32:p8:opponent:w0.5"  # its own namespace
     assert emb.dim == 80 + 3 * 32 * 17
@@ -124,7 +130,7 @@ def test_mean_and_chroma_keeps_the_mean_spectrum_and_adds_the_colour_noise_at_a_
 
 def test_texture_joins_between_the_semantic_part_and_the_spectrum_at_its_share(images):
     cfg = load_config({"embedder": {"texture": "gram", "texture_layers": [2], "texture_weight": 0.5,
-                                    "fingerprint_weight": 0.25, "runtime": "torch"}}).embedder
+                                    "fingerprint_weight": 0.25, "thumbnail": 0, "runtime": "torch"}}).embedder
     emb = embedder_from_config(cfg, device="cpu")
     assert emb.id == ("efficientnet-lite0:imagenet:block4+texture:efficientnet-lite0:block2:gram:c256:w0.5"
                       "+spectrum:residual3:w32:p8:mean+chroma:w0.25")
@@ -148,5 +154,17 @@ def test_texture_keys_are_checked():
     with pytest.raises(ConfigError, match="embedder.texture_layers"):
         load_config({"embedder": {"texture": "gram", "texture_layers": []}})
     cfg = load_config({"embedder": {"texture": "gram", "texture_weight": 0.7, "runtime": "torch"}}).embedder
-    with pytest.raises(ConfigError, match="fingerprint_weight \\+ embedder.texture_weight"):
+    with pytest.raises(ConfigError, match="embedder.texture_weight \\+ embedder.fingerprint_weight"):
         embedder_from_config(cfg, device="cpu")
+
+
+def test_thumbnail_keys_are_checked_and_another_side_is_another_embedding():
+    with pytest.raises(ConfigError, match="embedder.thumbnail"):
+        load_config({"embedder": {"thumbnail": 129}})
+    with pytest.raises(ConfigError, match="embedder.thumbnail_weight"):
+        embedder_from_config(load_config({"embedder": {"thumbnail_weight": 0.0, "runtime": "torch"}}).embedder, "cpu")
+    with pytest.raises(ConfigError, match="scoring.sibling_thumbnail_weight"):
+        load_config({"scoring": {"sibling_thumbnail_weight": -0.1}})
+    cfg = load_config({"embedder": {"thumbnail": 16, "runtime": "torch"}}).embedder
+    emb = embedder_from_config(cfg, device="cpu")
+    assert emb.id.endswith("+thumbnail:box16:w0.02") and embedding_blocks(cfg, emb.dim)[-1] == 3 * 16 * 16
