@@ -547,7 +547,8 @@ class Attributor:
             cal = self._open_set = calibrate_open_set(self.cache, ns, sc,
                                                       degraded_namespaces(self.config.resynthesis, ns),
                                                       attributed_to=self.config.attributed_to,
-                                                      blocks=self._prototype_blocks()[0], siblings=self._sibling_seeds())
+                                                      blocks=self._prototype_blocks()[0],
+                                                      siblings=self._sibling_seeds())
         return cal
 
     @property

@@ -16,6 +16,9 @@ its own generator's mean, which the open-set calibration uses to score candidate
 :func:`sibling_groups` finds the generators that only the prototypes can tell apart: those whose candidates for
 the same prompt and seed are near copies of each other (fine-tunes of one base), so that a query's cosine to
 one of them is its cosine to the others, give or take noise (:func:`~resynth_index.attribution.scoring.evidence_scores`).
+For each such family :func:`with_sibling_thumbnails` adds a second stage (:class:`SiblingThumbnails`): class
+means of the family's own thumbnails, the one block the first stage leaves out, which move the members' scores
+apart and leave the family's mean score as it was.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ class Prototypes:
 @dataclass(frozen=True)
 class SiblingThumbnails:
     """The second stage for one fine-tune family: a whitened nearest-class-mean discriminant fitted on the family's
-    own candidates, on the embedding's thumbnail columns alone (:class:`~resynth_index.models.fingerprints.ThumbnailFingerprint`).
+    own candidates, on the embedding's thumbnail columns alone
+    (:class:`~resynth_index.models.fingerprints.ThumbnailFingerprint`).
 
     The first stage's class means separate a light fine-tune from its base only so far: the global features
     barely move, while the small fixed pattern it leaves in the frame's layout of light and colour is there in
@@ -251,5 +255,6 @@ def stored_candidates(cache: CandidateCache, namespaces: Mapping[str, str], degr
     return out
 
 
-__all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "SIBLING_COSINE", "SiblingSeeds", "SiblingThumbnails",
-           "families_to_tell_apart", "fit_prototypes", "sibling_groups", "stored_candidates", "with_sibling_thumbnails"]
+__all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "SIBLING_COSINE", "SiblingSeeds",
+           "SiblingThumbnails", "families_to_tell_apart", "fit_prototypes", "sibling_groups", "stored_candidates",
+           "with_sibling_thumbnails"]

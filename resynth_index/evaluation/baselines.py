@@ -52,7 +52,8 @@ def _paper_features(config: Config) -> dict:
     # The papers compare final-layer features of one network, with no fingerprint, no prototypes (so no
     # degraded copies) and no calibrated "unknown" (an argmax always names a generator).
     return {
-        "embedder": dataclasses.replace(config.embedder, layer=0, fingerprint="none", texture="none"),
+        "embedder": dataclasses.replace(config.embedder, layer=0, fingerprint="none", texture="none",
+                                        thumbnail=0),
         "scoring": dataclasses.replace(config.scoring, prototype_weight=0.0, open_set=False),
     }
 

@@ -324,7 +324,7 @@ class ThumbnailFingerprint(Fingerprint):
 
     On the hard benchmark a light fine-tune moves every pixel of an image by about 15 levels for the same seed,
     but its average over many images by less than 2: a small, fixed pattern under a large seed-to-seed one, which
-    a linear discriminant fitted on the siblings' own thumbnails finds (README *Why a thumbnail*)."""
+    a linear discriminant fitted on the siblings' own thumbnails finds (README *Why a thumbnail for siblings*)."""
 
     kind = "thumbnail"
 

@@ -69,7 +69,8 @@ def test_loaded_models_load_lazily_from_each_config_table():
     models = LoadedModels(load_config(SMALL), device=torch.device("cpu"))
     assert models.embedder is None and models.get_fingerprint() is None and models.get_prompt_embedder() is None
     assert models.get_embedder().id == ("efficientnet-lite0:imagenet:block4+texture:efficientnet-lite0:block2:gram:c256"
-                                        ":w0.25+spectrum:residual3:w32:p8:mean+chroma:w0.375")
+                                        ":w0.25+spectrum:residual3:w32:p8:mean+chroma:w0.375"
+                                        "+thumbnail:box32:w0.02")
     assert models.get_inverter().id == "chain(metadata,label:efficientnet-lite0)"
 
 

@@ -88,10 +88,14 @@ def test_the_open_set_reads_prototypes_shrunk_per_embedding_block(index):
     idx, _ = index
     with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
         dims = {st["dim"] for st in engine.cache.namespaces().values()}
-        # the semantic features, the texture statistics, then the residual spectra, worked out from the config alone
-        assert engine.embedding_blocks() == (80, 24 + 24 * 25 // 2, 3 * 32 * 17) and dims == {80 + 324 + 3 * 32 * 17}
+        # the semantic features, the texture statistics, the residual spectra, then the thumbnail, worked out from
+        # the config alone
+        blocks = (80, 24 + 24 * 25 // 2, 3 * 32 * 17, 3 * 32 * 32)
+        assert engine.embedding_blocks() == blocks and dims == {sum(blocks)}
         attribution, open_set = engine.prototypes(), engine.open_set_prototypes()
         assert attribution.counts == open_set.counts and not np.allclose(attribution.whiten, open_set.whiten)
+        # both fit every block but the thumbnail, which only a fine-tune family's second stage reads
+        assert attribution.columns == open_set.columns == (0, sum(blocks[:-1]))
 
 
 def test_a_small_cache_is_not_calibrated_and_says_why(tmp_path):

@@ -56,7 +56,8 @@ def test_near_copies_are_siblings_and_rank_by_their_prototypes(index):
         assert protos.columns == (0, sum(fitted)) and thumbnail == 3 * 32 * 32
         assert engine.open_set_prototypes().columns == (0, sum(fitted))
         (stage,) = protos.siblings
-        assert set(stage.prototypes.sums) == family and stage.prototypes.columns == (sum(fitted), sum(fitted) + thumbnail)
+        assert set(stage.prototypes.sums) == family
+        assert stage.prototypes.columns == (sum(fitted), sum(fitted) + thumbnail)
         first = dataclasses.replace(protos, siblings=()).scores(query)
         thumb = stage.prototypes.cosines(query, ["base", "close"])[0]
     # the two share their best similarity, so only the prototypes' difference separates them

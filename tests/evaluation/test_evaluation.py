@@ -282,7 +282,7 @@ def test_the_paper_configurations_embed_with_the_network_alone():
     from resynth_index.models.embedders import embedder_from_config
 
     for paper in (regeneration_config(load_config(None)), resynthesis_config(load_config(None))):
-        # the final layer, without the default's texture statistics and spectrum
+        # the final layer, without the default's texture statistics, spectrum and thumbnail
         assert embedder_from_config(paper.embedder, "cpu").id == "efficientnet-lite0:imagenet:pool"
 
 
