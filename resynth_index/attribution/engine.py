@@ -37,13 +37,12 @@ from PIL import Image
 
 from ..config import Config, default_index_dir, load_config
 from ..devices import apply_thread_policy, ensure_thread_policy, resolve_device, thread_report
-from ..errors import ConfigError, RindexError, UsageError
+from ..errors import RindexError
 from ..provenance import GeneratorNames
-from ..store.keys import normalize_prompt
 from . import provenance_step, query
 from .loaded import LoadedModels
-from .resynthesis import (PACKAGED_PROMPTS, build_workers, candidate_seeds, degraded_namespaces, read_prompt_file,
-                          prototype_only_counts, resynthesize_missing, sibling_seed_stores)
+from .resynthesis import (PACKAGED_PROMPTS, build_workers, candidate_seeds, degraded_namespaces, prompts_to_build,
+                          prototype_only_counts, read_prompt_file, resynthesize_missing, sibling_seed_stores)
 from .results import Attribution, BuildReport, Evidence
 
 if TYPE_CHECKING:
@@ -267,24 +266,9 @@ class Attributor:
         return siblings
 
     def prompts_to_build(self, prompts: Iterable[str] | None = None, *, limit: int | None = None) -> list[str]:
-        """The distinct prompts (by normalized form, first spelling kept) a build of ``prompts`` covers, in order:
-        ``prompts`` or the configured list, cut to ``limit`` (default ``build.limit``; 0 = all)."""
-        if prompts is None:
-            prompts = self._configured_prompts()
-        limit = limit if limit is not None else self.config.build.limit
-        unique: dict[str, str] = {}
-        for p in prompts:
-            unique.setdefault(normalize_prompt(p), p)
-        return list(unique.values())[: limit or None]
-
-    def _configured_prompts(self) -> list[str]:
-        """``build.prompts``, else the packaged list; an unreadable ``build.prompts`` is a config error."""
-        if not self.config.build.prompts:
-            return read_prompt_file(PACKAGED_PROMPTS)
-        try:
-            return read_prompt_file(self.config.build.prompts)
-        except UsageError as exc:
-            raise ConfigError(f"build.prompts: {exc}") from None
+        """The distinct prompts a build of ``prompts`` (default: the configured list) covers
+        (:func:`~resynth_index.attribution.resynthesis.prompts_to_build`)."""
+        return prompts_to_build(self.config.build, prompts, limit=limit)
 
     def _resynthesize(self, prompts: Sequence[str], namespaces: Mapping[str, str] | None = None,
                       positions: range | None = None) -> int:

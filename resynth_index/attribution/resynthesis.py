@@ -16,12 +16,12 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..config import MAX_GAMMA, Config, ResynthesisConfig
+from ..config import MAX_GAMMA, BuildConfig, Config, ResynthesisConfig
 from ..errors import ConfigError, UsageError
 from ..store.keys import namespace_digest, normalize_prompt
 from .prototypes import SiblingSeeds
@@ -44,6 +44,23 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
     except OSError as exc:
         raise UsageError(f"cannot read prompt list {path}: {exc.strerror or exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def prompts_to_build(settings: BuildConfig, prompts: Iterable[str] | None = None, *,
+                     limit: int | None = None) -> list[str]:
+    """The distinct prompts (by normalized form, first spelling kept) a build of ``prompts`` covers, in order:
+    ``prompts``, else ``build.prompts``, else the packaged list, cut to ``limit`` (default ``build.limit``;
+    0 = all). An unreadable ``build.prompts`` is a config error."""
+    if prompts is None:
+        try:
+            prompts = read_prompt_file(settings.prompts or PACKAGED_PROMPTS)
+        except UsageError as exc:
+            raise ConfigError(f"build.prompts: {exc}") from None
+    limit = limit if limit is not None else settings.limit
+    unique: dict[str, str] = {}
+    for p in prompts:
+        unique.setdefault(normalize_prompt(p), p)
+    return list(unique.values())[: limit or None]
 
 
 def candidate_seeds(normalized_prompt: str, gamma: int, seed_base: int = 0) -> list[int]:
