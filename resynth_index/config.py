@@ -13,6 +13,8 @@ Example (every key, with its default unless marked)::
     seed_base = 0                   # shifts every candidate seed (they are derived from the prompt)
     degraded_copies = 2             # degraded copies (JPEG, blur, down-and-up resize) of each candidate embedded
                                     # for the generator prototypes, so they hold on re-encoded images; 0 = none
+    colour_copies = 1               # colour copies (greyscale or a hue/saturation shift) of each candidate, for
+                                    # the prototypes too, so they hold on colour edits; 0 = none
     sibling_seeds = 3               # extra candidate seeds per prompt, for the prototypes only, of generators with
                                     # a fine-tune sibling in the index (README "How it works"); 0 = none
 
@@ -175,6 +177,8 @@ DEFAULT_INDEX_DIR = "cache"
 MAX_GAMMA = 256
 #: The most degraded copies per candidate (``resynthesis.degraded_copies``; each costs one embedding at build time).
 MAX_DEGRADED_COPIES = 16
+#: The most colour copies per candidate (``resynthesis.colour_copies``; each costs one embedding at build time).
+MAX_COLOUR_COPIES = 16
 #: The most extra seeds per prompt for a fine-tune sibling's prototype (``resynthesis.sibling_seeds``; each costs
 #: one generation per prompt and sibling at build time).
 MAX_SIBLING_SEEDS = 16
@@ -185,7 +189,13 @@ class ResynthesisConfig:
     gamma: int = 1
     seed_base: int = 0
     degraded_copies: int = 2
+    colour_copies: int = 1
     sibling_seeds: int = 3
+
+    @property
+    def copies(self) -> int:
+        """Copies of each candidate embedded for the prototypes: the degraded ones, then the colour ones."""
+        return self.degraded_copies + self.colour_copies
 
     @property
     def sibling_positions(self) -> range:
@@ -472,6 +482,7 @@ _POSITIVE = {
 MAX_THREADS = 4096
 
 _RANGES = {"resynthesis.gamma": (1, MAX_GAMMA), "resynthesis.degraded_copies": (0, MAX_DEGRADED_COPIES),
+           "resynthesis.colour_copies": (0, MAX_COLOUR_COPIES),
            "resynthesis.sibling_seeds": (0, MAX_SIBLING_SEEDS),
            "threads": (0, MAX_THREADS), "build.workers": (0, 256), "scoring.prototype_weight": (0, 1),
            "scoring.open_set_prototype_weight": (0, 1), "scoring.target_fpr": (0, 1), "scoring.min_tpr": (0, 1),

@@ -45,6 +45,8 @@ def test_unknown_key_is_named(data, named):
         ({"resynthesis": {"gamma": 0}}, "resynthesis.gamma"),
         ({"resynthesis": {"gamma": "4"}}, "must be an integer"),
         ({"resynthesis": {"sibling_seeds": 17}}, "'resynthesis.sibling_seeds' must be between 0 and 16"),
+        ({"resynthesis": {"colour_copies": -1}}, "'resynthesis.colour_copies' must be between 0 and 16"),
+        ({"resynthesis": {"colour_copies": "grey"}}, "resynthesis.colour_copies"),
         ({"generators": [{"source": "zoo:tiny-sd"}]}, "needs a 'name'"),
         ({"generators": [{"name": "real", "source": "x"}]}, "reserved"),
         ({"gallery": {"fingerprint": "wavelet"}}, "gallery.fingerprint"),

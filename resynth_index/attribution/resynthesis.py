@@ -120,7 +120,7 @@ def generate_candidates(
     positions: range | None = None,
 ) -> Candidates:
     """The γ candidate seeds of each prompt (or those at ``positions`` of its seed range: a sibling's extra
-    seeds, ``settings.sibling_positions``), their embeddings and those of ``settings.degraded_copies`` degraded
+    seeds, ``settings.sibling_positions``), their embeddings and those of ``settings.copies`` degraded and colour
     copies of each (:mod:`~resynth_index.images.degrade`) with generator ``name``: the one path every build
     takes (local, write-through and the workers of a distributed build), so that the same prompts in the same
     batch give the same vectors bit for bit wherever they are computed."""
@@ -133,9 +133,10 @@ def generate_candidates(
     imgs = generator(name).generate([p for p, _ in pairs], [s for _, s in pairs])
     emb = embedder.embed(imgs)
     degraded = None
-    if settings.degraded_copies:
-        copies = [c for im, (_, s) in zip(imgs, pairs) for c in degraded_copies(im, settings.degraded_copies, s)]
-        degraded = embedder.embed(copies).reshape(len(prompts), len(positions) * settings.degraded_copies, -1)
+    if settings.copies:
+        copies = [c for im, (_, s) in zip(imgs, pairs)
+                  for c in degraded_copies(im, settings.degraded_copies, s, settings.colour_copies)]
+        degraded = embedder.embed(copies).reshape(len(prompts), len(positions) * settings.copies, -1)
     return Candidates(seeds, emb.reshape(len(prompts), len(positions), -1), degraded)
 
 
@@ -208,13 +209,15 @@ def build_workers(setting: int, device: torch.device) -> int:
 
 def degraded_namespaces(settings: ResynthesisConfig, namespaces: Mapping[str, str]) -> dict[str, str]:
     """Generator name -> the namespace of its candidates' degraded copies (which only the generator prototypes
-    read); empty when ``resynthesis.degraded_copies`` is 0."""
+    read); empty when ``resynthesis.degraded_copies`` and ``colour_copies`` are both 0."""
     from ..images.degrade import DEGRADE_RULE
 
-    if not settings.degraded_copies:
+    if not settings.copies:
         return {}
-    return {g: namespace_digest({"degraded_copies_of": ns, "copies": settings.degraded_copies, "rule": DEGRADE_RULE})
-            for g, ns in namespaces.items()}
+    # colour copies came later: without them the digest is the one indexes built before them have
+    colour = {"colour": settings.colour_copies} if settings.colour_copies else {}
+    return {g: namespace_digest({"degraded_copies_of": ns, "copies": settings.degraded_copies, "rule": DEGRADE_RULE,
+                                 **colour}) for g, ns in namespaces.items()}
 
 
 def sibling_seed_stores(settings: ResynthesisConfig, namespaces: Mapping[str, str]) -> SiblingSeeds | None:

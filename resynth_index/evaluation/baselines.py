@@ -64,7 +64,7 @@ def regeneration_config(config: Config, gamma: int = 4) -> Config:
     paper = _paper_features(config)
     return dataclasses.replace(
         config,
-        resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma, degraded_copies=0),
+        resynthesis=dataclasses.replace(config.resynthesis, gamma=gamma, degraded_copies=0, colour_copies=0),
         embedder=paper["embedder"],
         scoring=dataclasses.replace(paper["scoring"], mode="restricted", aggregate="mean", distance="cosine"),
     )
@@ -76,7 +76,7 @@ def resynthesis_config(config: Config) -> Config:
     paper = _paper_features(config)
     return dataclasses.replace(
         config,
-        resynthesis=dataclasses.replace(config.resynthesis, gamma=1, degraded_copies=0),
+        resynthesis=dataclasses.replace(config.resynthesis, gamma=1, degraded_copies=0, colour_copies=0),
         embedder=paper["embedder"],
         scoring=dataclasses.replace(paper["scoring"], mode="restricted", aggregate="max", distance="euclidean"),
     )

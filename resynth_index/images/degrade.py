@@ -16,6 +16,14 @@ the candidate's own seed (so a build is reproducible bit for bit, and the same o
 * downscale by 0.3-0.9 and back up to the original size (bicubic), which is what a resized query looks like
   once :func:`upscale_to` has brought it back to the generators' output size.
 
+After them come the *colour copies* (``resynthesis.colour_copies``): a grey (ITU-R 601 luma) or a hue-and-saturation
+shifted copy of the clean candidate, the two in turn from one the seed picks. Greyscale and colour edits move
+every colour statistic and the thumbnail's colours at once, further than any generator's own colour differs from
+another's; without copies like these every greyscale query of the hard benchmark went to the one generator whose
+images are greyest (20% top-1). Hue is rotated by up to 0.08 of a turn either way and saturation scaled by
+0.75-1.3. A colour edit of a degraded copy instead of the clean candidate was measured and lost (README "Measured
+results").
+
 A query larger than every generator's output was enlarged after it was made; :func:`shrink_to` reduces it to
 the largest output size, since no copy shows an interpolated, enlarged pixel grid.
 """
@@ -34,6 +42,9 @@ FAMILIES = ("jpeg", "blur", "rescale")
 JPEG_QUALITY = (40, 95)
 BLUR_SIGMA = (0.3, 2.0)
 RESCALE_FACTOR = (0.3, 0.9)
+COLOUR_FAMILIES = ("greyscale", "hue-saturation")
+HUE_TURN = 0.08  # hue rotated by up to this fraction of a turn, either way
+SATURATION_SCALE = (0.75, 1.3)
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -60,12 +71,35 @@ def degrade(image: Image.Image, family: str, strength: float) -> Image.Image:
     raise ValueError(f"unknown degradation family {family!r}")
 
 
-def degraded_copies(image: Image.Image, copies: int, seed: int) -> list[Image.Image]:
-    """``copies`` degraded copies of one candidate: the families in turn (starting at one the seed picks),
-    strengths drawn from a generator seeded by ``seed``."""
-    rng = np.random.default_rng(int(seed) & (2**63 - 1))
-    start = int(seed) % len(FAMILIES)
-    return [degrade(image, FAMILIES[(start + k) % len(FAMILIES)], float(rng.random())) for k in range(copies)]
+def recolour(image: Image.Image, family: str, hue: float = 0.0, saturation: float = 1.0) -> Image.Image:
+    """One colour copy: ``greyscale`` (luma, as 3-channel RGB) or ``hue-saturation`` (hue rotated by ``hue`` of a
+    turn, saturation scaled by ``saturation``)."""
+    image = image.convert("RGB")
+    if family == "greyscale":
+        return image.convert("L").convert("RGB")
+    if family == "hue-saturation":
+        hsv = np.asarray(image.convert("HSV"), dtype=np.float32)
+        hsv[..., 0] = (hsv[..., 0] + hue * 256.0) % 256.0
+        hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+        return Image.fromarray(np.rint(hsv).astype(np.uint8), "HSV").convert("RGB")
+    raise ValueError(f"unknown colour family {family!r}")
+
+
+def degraded_copies(image: Image.Image, copies: int, seed: int, colour: int = 0) -> list[Image.Image]:
+    """``copies`` degraded copies of one candidate (the families in turn, starting at one the seed picks,
+    strengths drawn from a generator seeded by ``seed``), then ``colour`` colour copies of it (the colour
+    families in turn, from their own generator, so that the degraded copies do not depend on ``colour``)."""
+    seed = int(seed) & (2**63 - 1)
+    rng = np.random.default_rng(seed)
+    start = seed % len(FAMILIES)
+    out = [degrade(image, FAMILIES[(start + k) % len(FAMILIES)], float(rng.random())) for k in range(copies)]
+    if colour:
+        rng = np.random.default_rng([seed, 1])
+        first = int(rng.integers(len(COLOUR_FAMILIES)))
+        for k in range(colour):
+            hue, saturation = rng.uniform(-HUE_TURN, HUE_TURN), rng.uniform(*SATURATION_SCALE)
+            out.append(recolour(image, COLOUR_FAMILIES[(first + k) % len(COLOUR_FAMILIES)], hue, saturation))
+    return out
 
 
 def upscale_to(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
@@ -105,5 +139,5 @@ def largest_output(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
     return max(sizes, key=lambda wh: wh[0] * wh[1]) if sizes else None
 
 
-__all__ = ["DEGRADE_RULE", "FAMILIES", "degrade", "degraded_copies", "largest_output", "shrink_to", "smallest_output",
+__all__ = ["COLOUR_FAMILIES", "DEGRADE_RULE", "FAMILIES", "degrade", "degraded_copies", "recolour", "largest_output", "shrink_to", "smallest_output",
            "upscale_to"]

@@ -51,7 +51,7 @@ def test_generators_side_by_side_store_the_same_vectors_as_one_at_a_time(tmp_pat
             stored = stored_candidates(engine.cache, ns, degraded_namespaces(engine.config.resynthesis, ns))
             vectors[workers] = {(g, kind, c.prompt, c.position): c.vector
                                 for g, pair in stored.items() for kind, found in zip("cd", pair) for c in found}
-    copies = engine.config.resynthesis.degraded_copies
+    copies = engine.config.resynthesis.copies
     assert vectors[1].keys() == vectors[2].keys() and len(vectors[1]) == 4 * 2 * (1 + copies)
     for key, vector in vectors[1].items():
         np.testing.assert_array_equal(vector, vectors[2][key], err_msg=str(key))
@@ -170,7 +170,7 @@ def test_cli_table_with_manifest_and_info(built):
     assert set(data["degraded_namespaces"]) == set(data["config_namespaces"]) and data["query_size"] == [64, 64]
     assert data["query_max_size"] == [64, 64]
     # the degraded copies were built beside the candidates: the configured number per candidate
-    copies = load_config(None).resynthesis.degraded_copies
+    copies = load_config(None).resynthesis.copies
     assert copies > 0
     stored = {ns: st["vectors"] for ns, st in data["namespaces"].items()}
     assert all(stored[data["degraded_namespaces"][g]] == copies * stored[ns] for g, ns in data["config_namespaces"].items())

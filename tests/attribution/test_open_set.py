@@ -34,7 +34,7 @@ def test_calibration_holds_its_false_positive_rate_on_the_cache(index):
     idx, _ = index
     with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
         cal = engine.open_set_calibration()
-        copies = engine.config.resynthesis.degraded_copies
+        copies = engine.config.resynthesis.copies
         rows = candidate_scores(engine.cache, engine.namespaces, engine.config.scoring,
                                 degraded_namespaces(engine.config.resynthesis, engine.namespaces),
                                 blocks=engine.embedding_blocks())
@@ -127,14 +127,14 @@ def test_restricted_scoring_has_nothing_to_calibrate_and_still_answers(index):
 def test_degraded_copies_are_cached_beside_the_candidates_and_fitted_into_the_prototypes(index):
     idx, _ = index
     with Attributor(CONFIG, index=idx, device="cpu", readonly=True) as engine:
-        ns, copies = engine.namespaces, engine.config.resynthesis.degraded_copies
+        ns, copies = engine.namespaces, engine.config.resynthesis.copies
         degraded = degraded_namespaces(engine.config.resynthesis, ns)
         stats = engine.cache.namespaces()
         clean = sum(stats[ns[g]]["vectors"] for g in ns)
         assert all(stats[degraded[g]]["vectors"] == copies * stats[ns[g]]["vectors"] for g in ns)
         assert engine.prototypes().vectors == (1 + copies) * clean
     # The copies feed only the prototypes: turning them off keeps the candidates' namespaces (and the cache).
-    without = {**CONFIG, "resynthesis": {"degraded_copies": 0}}
+    without = {**CONFIG, "resynthesis": {"degraded_copies": 0, "colour_copies": 0}}
     with Attributor(without, index=idx, device="cpu", readonly=True) as engine:
         assert engine.namespaces == ns and degraded_namespaces(engine.config.resynthesis, ns) == {}
         assert engine.prototypes().vectors == clean
@@ -200,3 +200,4 @@ def test_the_open_set_statistic_weighs_the_prototypes_at_its_own_weight(index):
                                                           for r in results]
     _, statistics, scores = found[(0.8, 0.8)]
     assert all(abs(st - max(s.values())) > 1e-5 for st, s in zip(statistics, scores))
+

@@ -161,3 +161,50 @@ def test_only_families_spanning_two_names_are_told_apart():
               "ft": frozenset({"sd", "sd~2", "ft"}), "xl": frozenset({"xl", "xl~2"}), "xl~2": frozenset({"xl", "xl~2"})}
     assert families_to_tell_apart(groups, {"sd~2": "sd", "xl~2": "xl"}) == [frozenset({"sd", "sd~2", "ft"})]
     assert families_to_tell_apart({}, {}) == []
+
+
+def _grain_image(rng, warm: bool, coarse: float = 0.3):
+    # "warm": saturated warm colours over a fine pixel grain; otherwise nearly grey, the grain a little coarser
+    import colorsys
+
+    from PIL import Image
+
+    fine = rng.normal(0, 35, (64, 64))
+    if warm:
+        hue, saturation, lum = rng.normal(0.02, 0.02) % 1, 0.8, 150 + fine
+    else:
+        block = rng.normal(0, 35, (32, 32)).repeat(2, 0).repeat(2, 1)
+        hue, saturation, lum = rng.random(), 0.08, 150 + coarse * block + (1 - coarse) * fine
+    x = lum[..., None] * np.array(colorsys.hsv_to_rgb(hue, saturation, 1.0))
+    x *= (lum / np.maximum(x @ [0.299, 0.587, 0.114], 1e-6))[..., None]  # the luma is the grain, whatever the hue
+    return Image.fromarray(x.clip(0, 255).astype(np.uint8))
+
+
+def test_colour_copies_keep_a_greyscale_query_with_its_generator():
+    """Two generators told apart by colour, and by a grain that colour outweighs: a grey copy of the warm one's
+    image goes to the grey one, unless the prototypes were fitted on colour copies too (the real embedder and the
+    real copies of a build), whose colour variation the whitening then discounts."""
+    from resynth_index.config import load_config
+    from resynth_index.images.degrade import degraded_copies
+    from resynth_index.models.embedders import embedder_from_config
+
+    embedder = embedder_from_config(load_config(None).embedder, "cpu")
+    rng = np.random.default_rng(0)
+    train = {g: [_grain_image(rng, g == "warm") for _ in range(24)] for g in ("warm", "grey")}
+    copies = {g: [degraded_copies(im, 2, 1000 + i, colour=1) for i, im in enumerate(ims)] for g, ims in train.items()}
+    clean = {g: embedder.embed(ims) for g, ims in train.items()}
+    with_colour = {g: embedder.embed([c for cs in v for c in cs]) for g, v in copies.items()}
+    degraded_only = {g: embedder.embed([c for cs in v for c in cs[:2]]) for g, v in copies.items()}
+    queries = {g: [_grain_image(rng, g == "warm") for _ in range(12)] for g in train}
+    grey = {g: embedder.embed([im.convert("L").convert("RGB") for im in ims]) for g, ims in queries.items()}
+    as_made = {g: embedder.embed(ims) for g, ims in queries.items()}
+
+    def accuracy(prototypes, vectors):
+        return {g: np.mean([max(s := prototypes.scores(v), key=s.get) == g for v in rows]) for g, rows in vectors.items()}
+
+    columns = (0, 2036)  # the blocks the engine's prototypes fit (all but the thumbnail)
+    without = fit_prototypes(clean, degraded=degraded_only, columns=columns)
+    fitted = fit_prototypes(clean, degraded=with_colour, columns=columns)
+    assert accuracy(without, as_made) == accuracy(fitted, as_made) == {"warm": 1.0, "grey": 1.0}
+    assert accuracy(without, grey)["warm"] <= 0.25
+    assert accuracy(fitted, grey) == {"warm": 1.0, "grey": 1.0}

@@ -93,7 +93,7 @@ def test_siblings_get_extra_seeds_that_only_their_prototypes_read(index):
     n = len(prompts)
     with Attributor(CONFIG, index=idx, device="cpu") as engine:
         rc = engine.config.resynthesis
-        copies, namespaces, k = rc.degraded_copies, engine.namespaces, rc.sibling_seeds
+        copies, namespaces, k = rc.copies, engine.namespaces, rc.sibling_seeds
         assert k >= 1
         again = engine.build(prompts, progress=False)
         assert (again.images, again.sibling_seeds) == (0, ("base", "close"))  # the fixture's build made them

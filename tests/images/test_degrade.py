@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resynth_index.images.degrade import (FAMILIES, degrade, degraded_copies, largest_output, shrink_to, smallest_output,
-                                          upscale_to)
+from resynth_index.images.degrade import (COLOUR_FAMILIES, FAMILIES, degrade, degraded_copies, largest_output, recolour,
+                                          shrink_to, smallest_output, upscale_to)
 
 
 def _image(seed=0, size=(64, 48)):
@@ -41,26 +41,37 @@ def test_stronger_degradation_moves_the_image_further(family):
 def test_unknown_family_is_named():
     with pytest.raises(ValueError, match="sharpen"):
         degrade(_image(), "sharpen", 0.5)
+    with pytest.raises(ValueError, match="sepia"):
+        recolour(_image(), "sepia")
 
 
-def test_a_smaller_query_is_enlarged_to_the_output_size_keeping_its_aspect():
-    assert upscale_to(_image(size=(32, 32)), (64, 64)).size == (64, 64)
-    assert upscale_to(_image(size=(32, 16)), (64, 64)).size == (64, 32)  # covers the width, aspect kept
-    big = _image(size=(96, 96))
-    assert upscale_to(big, (64, 64)) is big
-    assert upscale_to(_image(size=(40, 100)), (64, 64)).size == (40, 100)  # taller than the output already
-    assert upscale_to(big, None) is big
-    assert smallest_output([(512, 512), (64, 96), (1024, 1024)]) == (64, 96)
-    assert smallest_output([]) is None
+def _is_grey(image):
+    x = np.asarray(image)
+    return bool((x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all())
 
 
-def test_a_larger_query_is_reduced_to_the_output_size_keeping_its_aspect():
-    assert shrink_to(_image(size=(320, 320)), (64, 64)).size == (64, 64)
-    assert shrink_to(_image(size=(320, 160)), (64, 64)).size == (128, 64)  # fits the height, aspect kept
-    small = _image(size=(48, 48))
-    assert shrink_to(small, (64, 64)) is small
-    wide = _image(size=(200, 40))
-    assert shrink_to(wide, (64, 64)) is wide  # not larger in both dimensions: it may be a native crop
-    assert shrink_to(small, None) is small
-    assert largest_output([(512, 512), (64, 96), (1024, 1024)]) == (1024, 1024)
-    assert largest_output([]) is None
+def test_colour_copies_follow_the_degraded_ones_without_changing_them():
+    im = _image(2)
+    kinds = set()
+    for seed in range(12345, 12365):
+        plain, coloured = degraded_copies(im, 2, seed), degraded_copies(im, 2, seed, colour=2)
+        assert len(coloured) == 4 and coloured[0].size == im.size and coloured[3].mode == "RGB"
+        assert [np.asarray(x).tobytes() for x in plain] == [np.asarray(x).tobytes() for x in coloured[:2]]
+        assert [np.asarray(x).tobytes() for x in degraded_copies(im, 2, seed, colour=2)] == \
+               [np.asarray(x).tobytes() for x in coloured]  # reproducible from the seed
+        # the two colour families in turn: one grey copy, one whose hue moved (and not grey)
+        assert sorted(_is_grey(c) for c in coloured[2:]) == [False, True]
+        first = degraded_copies(im, 2, seed, colour=1)[2]
+        kinds.add(_is_grey(first))
+        assert np.asarray(first).tobytes() == np.asarray(coloured[2]).tobytes()
+    assert kinds == {True, False}  # the seed picks which family comes first, so a build gets both
+
+
+def test_a_hue_saturation_copy_moves_the_colours_and_keeps_each_pixels_value():
+    im = _image(3)
+    shifted = recolour(im, "hue-saturation", hue=0.08, saturation=1.3)
+    x, y = np.asarray(im, np.int16), np.asarray(shifted, np.int16)
+    assert np.abs(x - y).mean() > 10 and not _is_grey(shifted)
+    # HSV's value (the brightest channel) is what neither a hue rotation nor a saturation scale touches
+    assert np.abs(x.max(-1) - y.max(-1)).max() <= 2
+    assert COLOUR_FAMILIES == ("greyscale", "hue-saturation") and _is_grey(recolour(im, "greyscale"))

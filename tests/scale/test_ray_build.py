@@ -132,7 +132,7 @@ def test_ray_build_matches_local_build_and_survives_a_killed_worker(local_ray, w
                                   generator=engine.generator, embedder=engine.embedder)
         assert first.prompts == PROMPTS[:1] and first.seeds == got.seeds
         assert np.array_equal(first.vectors, got.vectors) and np.array_equal(first.degraded, got.degraded)
-        assert first.header.copies == engine.config.resynthesis.degraded_copies > 0
+        assert first.header.copies == engine.config.resynthesis.copies > 0
 
     # Ingest again: nothing added, nothing changed.
     before = _records(index, config)
