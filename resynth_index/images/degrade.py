@@ -16,12 +16,14 @@ the candidate's own seed (so a build is reproducible bit for bit, and the same o
 * downscale by 0.3-0.9 and back up to the original size (bicubic), which is what a resized query looks like
   once :func:`upscale_to` has brought it back to the generators' output size.
 
-After them come the *colour copies* (``resynthesis.colour_copies``): a grey (ITU-R 601 luma) or a hue-and-saturation
-shifted copy of the clean candidate, the two in turn from one the seed picks. Greyscale and colour edits move
+After them come the *colour copies* (``resynthesis.colour_copies``): a grey or a hue-and-saturation shifted copy
+of the clean candidate, the two in turn from one the seed picks. Greyscale and colour edits move
 every colour statistic and the thumbnail's colours at once, further than any generator's own colour differs from
 another's; without copies like these every greyscale query of the hard benchmark went to the one generator whose
 images are greyest (20% top-1). Hue is rotated by up to 0.08 of a turn either way and saturation scaled by
-0.75-1.3. A colour edit of a degraded copy instead of the clean candidate was measured and lost (README "Measured
+0.75-1.3. The grey copy mixes the channels with weights drawn around ITU-R 601 luma's (a Dirichlet draw with
+parameters 3, 5, 2): tools make grey differently (601 or 709 luma, the channels' mean, HSL lightness), and a grey
+copy of 601 luma alone left the channels' mean and lightness at 40% top-1 (about 87% with the drawn weights). A colour edit of a degraded copy instead of the clean candidate was measured and lost (README "Measured
 results").
 
 A query larger than every generator's output was enlarged after it was made; :func:`shrink_to` reduces it to
@@ -43,6 +45,8 @@ JPEG_QUALITY = (40, 95)
 BLUR_SIGMA = (0.3, 2.0)
 RESCALE_FACTOR = (0.3, 0.9)
 COLOUR_FAMILIES = ("greyscale", "hue-saturation")
+GREY_WEIGHTS_DIRICHLET = (3.0, 5.0, 2.0)  # the grey copy's channel weights: red, green, blue (mean 0.3, 0.5, 0.2)
+LUMA_601 = (0.299, 0.587, 0.114)
 HUE_TURN = 0.08  # hue rotated by up to this fraction of a turn, either way
 SATURATION_SCALE = (0.75, 1.3)
 
@@ -71,12 +75,14 @@ def degrade(image: Image.Image, family: str, strength: float) -> Image.Image:
     raise ValueError(f"unknown degradation family {family!r}")
 
 
-def recolour(image: Image.Image, family: str, hue: float = 0.0, saturation: float = 1.0) -> Image.Image:
-    """One colour copy: ``greyscale`` (luma, as 3-channel RGB) or ``hue-saturation`` (hue rotated by ``hue`` of a
-    turn, saturation scaled by ``saturation``)."""
+def recolour(image: Image.Image, family: str, hue: float = 0.0, saturation: float = 1.0,
+             grey_weights: Sequence[float] = LUMA_601) -> Image.Image:
+    """One colour copy: ``greyscale`` (the channels mixed by ``grey_weights``, as 3-channel RGB) or
+    ``hue-saturation`` (hue rotated by ``hue`` of a turn, saturation scaled by ``saturation``)."""
     image = image.convert("RGB")
     if family == "greyscale":
-        return image.convert("L").convert("RGB")
+        grey = np.asarray(image, np.float32) @ np.asarray(grey_weights, np.float32)
+        return Image.fromarray(np.repeat(np.rint(grey).clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1), "RGB")
     if family == "hue-saturation":
         hsv = np.asarray(image.convert("HSV"), dtype=np.float32)
         hsv[..., 0] = (hsv[..., 0] + hue * 256.0) % 256.0
@@ -98,7 +104,8 @@ def degraded_copies(image: Image.Image, copies: int, seed: int, colour: int = 0)
         first = int(rng.integers(len(COLOUR_FAMILIES)))
         for k in range(colour):
             hue, saturation = rng.uniform(-HUE_TURN, HUE_TURN), rng.uniform(*SATURATION_SCALE)
-            out.append(recolour(image, COLOUR_FAMILIES[(first + k) % len(COLOUR_FAMILIES)], hue, saturation))
+            weights = rng.dirichlet(GREY_WEIGHTS_DIRICHLET)
+            out.append(recolour(image, COLOUR_FAMILIES[(first + k) % len(COLOUR_FAMILIES)], hue, saturation, weights))
     return out
 
 

@@ -75,3 +75,16 @@ def test_a_hue_saturation_copy_moves_the_colours_and_keeps_each_pixels_value():
     # HSV's value (the brightest channel) is what neither a hue rotation nor a saturation scale touches
     assert np.abs(x.max(-1) - y.max(-1)).max() <= 2
     assert COLOUR_FAMILIES == ("greyscale", "hue-saturation") and _is_grey(recolour(im, "greyscale"))
+
+
+def test_grey_copies_mix_the_channels_differently_from_seed_to_seed():
+    im = _image(4)
+    # the default weights are ITU-R 601 luma's, what PIL's "L" conversion computes (to a level of rounding)
+    luma = np.asarray(recolour(im, "greyscale"), np.int16)[..., 0]
+    assert np.abs(luma - np.asarray(im.convert("L"), np.int16)).max() <= 1
+    greys = [c for seed in range(20) for c in degraded_copies(im, 0, seed, colour=2) if _is_grey(c)]
+    assert len(greys) == 20
+    levels = {np.asarray(g)[..., 0].tobytes() for g in greys}
+    assert len(levels) == 20  # each its own mix of red, green and blue
+    blue_heavy = recolour(im, "greyscale", grey_weights=(0.0, 0.0, 1.0))
+    assert np.array_equal(np.asarray(blue_heavy)[..., 0], np.asarray(im)[..., 2])
