@@ -17,14 +17,14 @@ the candidate's own seed (so a build is reproducible bit for bit, and the same o
   once :func:`upscale_to` has brought it back to the generators' output size.
 
 After them come the *colour copies* (``resynthesis.colour_copies``): a grey or a hue-and-saturation shifted copy
-of the clean candidate, the two in turn from one the seed picks. Greyscale and colour edits move
-every colour statistic and the thumbnail's colours at once, further than any generator's own colour differs from
-another's; without copies like these every greyscale query of the hard benchmark went to the one generator whose
-images are greyest (20% top-1). Hue is rotated by up to 0.08 of a turn either way and saturation scaled by
-0.75-1.3. The grey copy mixes the channels with weights drawn around ITU-R 601 luma's (a Dirichlet draw with
-parameters 3, 5, 2): tools make grey differently (601 or 709 luma, the channels' mean, HSL lightness), and a grey
-copy of 601 luma alone left the channels' mean and lightness at 40% top-1 (about 87% with the drawn weights). A colour edit of a degraded copy instead of the clean candidate was measured and lost (README "Measured
-results").
+of the clean candidate, the two in turn from one the seed picks. Greyscale and colour edits move every colour
+statistic and the thumbnail's colours at once, further than any generator's own colour differs from another's;
+without copies like these every greyscale query of the hard benchmark went to the one generator whose images are
+greyest (20% top-1). Hue is rotated by up to 0.08 of a turn either way and saturation scaled by 0.75-1.3. The
+grey copy mixes the channels with weights drawn around ITU-R 601 luma's (a Dirichlet draw with parameters 3, 5,
+2): tools make grey differently (601 or 709 luma, the channels' mean, HSL lightness), and a grey copy of 601 luma
+alone left the channels' mean and lightness at 40% top-1 (about 87% with the drawn weights). A colour edit of a
+degraded copy instead of the clean candidate was measured and lost (README "Why colour copies").
 
 A query larger than every generator's output was enlarged after it was made; :func:`shrink_to` reduces it to
 the largest output size, since no copy shows an interpolated, enlarged pixel grid.
