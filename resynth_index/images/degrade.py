@@ -146,5 +146,5 @@ def largest_output(sizes: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
     return max(sizes, key=lambda wh: wh[0] * wh[1]) if sizes else None
 
 
-__all__ = ["COLOUR_FAMILIES", "DEGRADE_RULE", "FAMILIES", "degrade", "degraded_copies", "recolour", "largest_output", "shrink_to", "smallest_output",
-           "upscale_to"]
+__all__ = ["COLOUR_FAMILIES", "DEGRADE_RULE", "FAMILIES", "degrade", "degraded_copies", "largest_output", "recolour",
+           "shrink_to", "smallest_output", "upscale_to"]

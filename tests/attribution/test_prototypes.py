@@ -200,7 +200,8 @@ def test_colour_copies_keep_a_greyscale_query_with_its_generator():
     as_made = {g: embedder.embed(ims) for g, ims in queries.items()}
 
     def accuracy(prototypes, vectors):
-        return {g: np.mean([max(s := prototypes.scores(v), key=s.get) == g for v in rows]) for g, rows in vectors.items()}
+        return {g: np.mean([max(s := prototypes.scores(v), key=s.get) == g for v in rows])
+                for g, rows in vectors.items()}
 
     columns = (0, 2036)  # the blocks the engine's prototypes fit (all but the thumbnail)
     without = fit_prototypes(clean, degraded=degraded_only, columns=columns)
