@@ -472,8 +472,7 @@ class Attributor:
         return self._siblings if self.prototypes() is not None else {}
 
     def _fitted_prototypes(self, kind: str) -> Prototypes | None:
-        from .prototypes import (OPEN_SET_SHRINKAGE, families_to_tell_apart, fit_prototypes, sibling_groups,
-                                 stored_candidates, with_sibling_thumbnails)
+        from .prototypes import OPEN_SET_SHRINKAGE, attribution_prototypes, fit_prototypes, stored_candidates
 
         ns = self.namespaces
         sc = self.config.scoring
@@ -484,17 +483,14 @@ class Attributor:
         if fitted is None or vectors > fitted[0] * 1.1 or vectors < fitted[0]:
             stored = stored_candidates(self.cache, ns, degraded_namespaces(self.config.resynthesis, ns),
                                        siblings=self._sibling_seeds())
-            clean = {g: [c.vector for c in clean] for g, (clean, _) in stored.items()}
-            copies = {g: [c.vector for c in copies] for g, (_, copies) in stored.items()}
             blocks, thumbnail = self._prototype_blocks()
             columns = (0, sum(blocks)) if blocks else None
             if kind == "attribution":
-                fit = fit_prototypes(clean, degraded=copies, columns=columns)
-                self._siblings = sibling_groups({g: clean for g, (clean, _) in stored.items()})
-                families = families_to_tell_apart(self._siblings, self.config.attributed_to)
-                if fit is not None and thumbnail and families and sc.sibling_thumbnail_weight > 0:
-                    fit = with_sibling_thumbnails(fit, clean, copies, families, thumbnail, sc.sibling_thumbnail_weight)
+                fit, self._siblings = attribution_prototypes(stored, columns, thumbnail, self.config.attributed_to,
+                                                             sc.sibling_thumbnail_weight)
             else:
+                clean = {g: [c.vector for c in clean] for g, (clean, _) in stored.items()}
+                copies = {g: [c.vector for c in copies] for g, (_, copies) in stored.items()}
                 fit = fit_prototypes(clean, OPEN_SET_SHRINKAGE, degraded=copies, blocks=blocks, columns=columns)
             self._prototypes[kind] = fitted = (vectors, fit)
         return fitted[1]

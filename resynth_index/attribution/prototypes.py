@@ -222,6 +222,23 @@ def sibling_groups(per_generator: Mapping[str, Sequence[StoredCandidate]],
     return {g: members for g, members in group.items() if len(members) > 1}
 
 
+def attribution_prototypes(stored: Mapping[str, tuple[Sequence[StoredCandidate], Sequence[StoredCandidate]]],
+                           columns: tuple[int, int] | None, thumbnail: tuple[int, int] | None,
+                           attributed_to: Mapping[str, str], thumbnail_weight: float,
+                           ) -> tuple[Prototypes | None, dict[str, frozenset[str]]]:
+    """The attribution's prototypes fitted on ``stored`` (:func:`stored_candidates`): the class means on
+    ``columns``, with a thumbnail stage (``thumbnail``: its columns) for each family of fine-tune siblings that
+    is attributed to two or more names; and the sibling groups found on the way."""
+    clean = {g: [c.vector for c in cands] for g, (cands, _) in stored.items()}
+    copies = {g: [c.vector for c in cands] for g, (_, cands) in stored.items()}
+    fit = fit_prototypes(clean, degraded=copies, columns=columns)
+    groups = sibling_groups({g: cands for g, (cands, _) in stored.items()})
+    families = families_to_tell_apart(groups, attributed_to)
+    if fit is not None and thumbnail and families and thumbnail_weight > 0:
+        fit = with_sibling_thumbnails(fit, clean, copies, families, thumbnail, thumbnail_weight)
+    return fit, groups
+
+
 @dataclass(frozen=True)
 class SiblingSeeds:
     """Where fine-tune siblings' extra seeds are stored
@@ -256,5 +273,5 @@ def stored_candidates(cache: CandidateCache, namespaces: Mapping[str, str], degr
 
 
 __all__ = ["MIN_PER_GENERATOR", "OPEN_SET_SHRINKAGE", "Prototypes", "SIBLING_COSINE", "SiblingSeeds",
-           "SiblingThumbnails", "families_to_tell_apart", "fit_prototypes", "sibling_groups", "stored_candidates",
-           "with_sibling_thumbnails"]
+           "SiblingThumbnails", "attribution_prototypes", "families_to_tell_apart", "fit_prototypes", "sibling_groups",
+           "stored_candidates", "with_sibling_thumbnails"]
