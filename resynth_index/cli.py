@@ -48,7 +48,8 @@ main.add_command(snapshot)
 @_config_option
 @_device_option
 @click.option("--prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Prompt list, one per line (default: the config's, else the packaged list of 121).")
+              help="Prompt list, one per line (default: the config's, else the packaged list of 241; the embedded "
+                   "default builds its first 121).")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Use only the first N prompts.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Build on Ray (the scale extra): alone, a local Ray instance (or $RAY_ADDRESS); ADDRESS 'auto' "

@@ -14,6 +14,18 @@ def test_no_config_is_the_embedded_default():
     assert cfg.resynthesis.gamma >= 1
 
 
+def test_the_embedded_default_builds_the_first_packaged_prompts_and_a_config_builds_them_all(tmp_path):
+    from resynth_index.attribution.resynthesis import PACKAGED_PROMPTS, prompts_to_build, read_prompt_file
+
+    packaged = read_prompt_file(PACKAGED_PROMPTS)
+    assert len(packaged) > config_module.EMBEDDED_BUILD_LIMIT
+    assert prompts_to_build(load_config(None).build) == packaged[: config_module.EMBEDDED_BUILD_LIMIT]
+    path = tmp_path / "rindex.toml"
+    path.write_text('[[generators]]\nname = "x"\nsource = "zoo:tiny-sd"\n')
+    assert prompts_to_build(load_config(path).build) == packaged
+    assert prompts_to_build(load_config({"build": {"limit": 5}}).build) == packaged[:5]
+
+
 def test_module_docstring_example_parses(tmp_path):
     # The documented example lists every key; it must stay valid.
     example = config_module.__doc__.split("Example (every key, with its default unless marked)::", 1)[1]

@@ -75,7 +75,7 @@ class EvalOptions:
     transforms: str | Sequence[Transform] | None = "all"
     gammas: Sequence[int] = (1, 2, 4)
     held_out: Sequence[str] | str | None = "auto"  # "auto": the last generator when 3 or more are configured
-    build_limit: int = 0  # build-list prompts precomputed into every index that reads the whole index; 0 = all
+    build_limit: int = 0  # build-list prompts precomputed into every index that reads the whole index; 0 = build.limit
     shots: Sequence[int] = (1, 5, 10)
     baselines: Sequence[str] = BASELINES  # names from baselines.BASELINES (or their old aliases)
     regeneration_gamma: int = 4
@@ -303,6 +303,7 @@ def run_evaluation(
     """Run the whole evaluation and write the report into ``out_dir``; returns the report's data (JSON-able
     except ``html`` rows, which the report writer consumes)."""
     from ..attribution.engine import PACKAGED_PROMPTS, Attributor, read_prompt_file
+    from ..attribution.resynthesis import prompts_to_build
     from .report import write_report
 
     opts = opts or EvalOptions()
@@ -362,7 +363,7 @@ def run_evaluation(
     conditions: dict[str, list[Image.Image]] = {CLEAN: images}
     for t in transforms:
         conditions[t.label] = _transformed(images, t)
-    build_prompts = read_prompt_file(config.build.prompts or PACKAGED_PROMPTS)[: opts.build_limit or None]
+    build_prompts = prompts_to_build(config.build, limit=opts.build_limit or None)
 
     result: dict[str, Any] = {
         "benchmark": {"suite": "hard" if flags else "custom" if opts.benchmark else "zoo", "manifest": str(manifest), "queries": len(items), "per_generator": len(items) // len(set(truths)),
